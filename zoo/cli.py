@@ -1,0 +1,112 @@
+"""The `zoo` command: list | info | train | eval | baselines.
+
+Errors the user can fix (bad name, bad key, missing data) print one line and
+exit with status 2; they never print a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from zoo.errors import ZooError
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+  import zoo
+  names = zoo.list_models(args.pattern)
+  if not names:
+    print(f"no model matches {args.pattern!r}", file=sys.stderr)
+    return 1
+  width = max(map(len, names))
+  for name in names:
+    entry = zoo.get(name)
+    acc = entry.baseline.get("test_accuracy_mean") if entry.baseline else None
+    acc = f"{100 * acc:6.2f}%" if acc is not None else "   n/a "
+    print(f"{name:<{width}}  {entry.dataset:<14} {acc}  "
+          f"{entry.config['description']}")
+  return 0
+
+
+def layer_summary(entry) -> list[tuple[str, str, int]]:
+  """(module, parameter shapes, count) per Haiku module, in init order."""
+  import jax
+  shapes = jax.eval_shape(entry.transformed.init, jax.random.PRNGKey(0),
+                          entry.example_input())
+  params = shapes[0] if entry.stateful else shapes
+  rows = []
+  for module, leaves in params.items():
+    desc = ", ".join(f"{k}{tuple(v.shape)}" for k, v in leaves.items())
+    rows.append((module, desc, sum(v.size for v in leaves.values())))
+  return rows
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+  import zoo
+  entry = zoo.get(args.name)
+  rows = layer_summary(entry)
+  total = sum(r[2] for r in rows)
+  print(f"{entry.name}: {entry.config['description']}")
+  print(f"  dataset     {entry.dataset} (input {entry.input_shape}, "
+        f"{entry.num_classes} classes: {', '.join(entry.class_names)})")
+  print(f"  parameters  {total:,}")
+  w = max(len(r[0]) for r in rows)
+  for module, desc, count in rows:
+    print(f"    {module:<{w}}  {desc:<40} {count:>12,}")
+  print("  config")
+  for section, values in entry.config.items():
+    if isinstance(values, dict):
+      print(f"    [{section}] " + ", ".join(f"{k}={v!r}"
+                                          for k, v in values.items()))
+  if entry.baseline:
+    print("  baseline    " + json.dumps(entry.baseline, sort_keys=True))
+  else:
+    print("  baseline    not measured yet (zoo baselines "
+          f"{entry.name} measures it)")
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="zoo", description="A model zoo for JAX built on Haiku.")
+  sub = parser.add_subparsers(dest="command", required=True)
+  p = sub.add_parser("list", help="list registered models")
+  p.add_argument("pattern", nargs="?", default=None,
+                 help="fnmatch pattern, e.g. '*fashion*'")
+  p.set_defaults(func=_cmd_list)
+  p = sub.add_parser("info", help="layers, parameters, config and baseline")
+  p.add_argument("name")
+  p.set_defaults(func=_cmd_info)
+  for add in _EXTRA_COMMANDS:
+    add(sub)
+  return parser
+
+
+_EXTRA_COMMANDS = []  # filled by the train/eval/baselines modules
+
+
+def _register_extra_commands() -> None:
+  try:
+    from zoo.train import cli_commands
+  except ImportError:
+    return
+  _EXTRA_COMMANDS[:] = cli_commands.COMMANDS
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  _register_extra_commands()
+  args = build_parser().parse_args(argv)
+  try:
+    return args.func(args)
+  except (ZooError, KeyError, FileNotFoundError) as e:
+    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    print(f"zoo: error: {msg}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print("zoo: interrupted", file=sys.stderr)
+    return 130
+
+
+if __name__ == "__main__":
+  sys.exit(main())

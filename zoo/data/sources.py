@@ -1,0 +1,269 @@
+"""`load()`: find a dataset (prepared TFDS, local IDX files, TFDS download) and return a Split.
+
+Whatever the source, examples come in TFDS's order (see ordering.py), so a
+split string like "train[:90%]" selects the same examples everywhere.
+Decoded arrays are cached on disk (cache.py) and memoised in-process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from zoo.data import cache
+from zoo.data import catalog
+from zoo.data import idx
+from zoo.data import ordering
+from zoo.data import splits
+from zoo.data import tfds_source
+from zoo.data.errors import CorruptDataError, DataNotFoundError
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Split:
+  """A whole split in host memory. Arrays are read-only.
+
+  images: uint8 (N, H, W, C), NHWC; labels: int32 (N,) in [0, num_classes).
+  `source` says where the data came from (for logs).
+  """
+  name: str
+  split: str
+  images: np.ndarray
+  labels: np.ndarray
+  num_classes: int
+  class_names: tuple[str, ...]
+  source: str = ""
+
+  def __post_init__(self):
+    if self.images.dtype != np.uint8 or self.images.ndim != 4:
+      raise ValueError(f"images must be uint8 (N, H, W, C), got "
+                       f"{self.images.dtype} {self.images.shape}")
+    if self.labels.dtype != np.int32 or self.labels.shape != self.images.shape[:1]:
+      raise ValueError(f"labels must be int32 ({self.images.shape[0]},), got "
+                       f"{self.labels.dtype} {self.labels.shape}")
+    if len(self.class_names) != self.num_classes:
+      raise ValueError("class_names must have num_classes entries")
+
+  def __len__(self) -> int:
+    return self.labels.shape[0]
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.images.shape[1:])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+  """Where a dataset was found: a TFDS data dir ('tfds') or an IDX folder ('idx')."""
+  kind: str
+  location: str
+
+  def files(self, info: catalog.DatasetInfo, split: str) -> list[str]:
+    if self.kind == "tfds":
+      return tfds_source.prepared_files(info.name, self.location)
+    return [_idx_file(self.location, stem) for stem in catalog.IDX_FILES[split]]
+
+  def describe(self) -> str:
+    return f"{self.kind}:{self.location}"
+
+
+_MEMO: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def clear_memory_cache() -> None:
+  """Forgets the in-process memo (the on-disk cache stays)."""
+  _MEMO.clear()
+
+
+def load(dataset: str, split: str = "train", *,
+         data_dir: str | os.PathLike | None = None,
+         classes: Sequence[int] | None = None,
+         download: bool = True,
+         system_dirs: Sequence[str] | None = None) -> Split:
+  """Loads `split` of `dataset` ("mnist", "fashion_mnist", "kmnist", "cifar10").
+
+  split: "train", "test", or TFDS slicing like "train[:90%]", "train[:1000]+test".
+  data_dir: a TFDS data dir and/or a folder with IDX files (like --data-dir).
+  classes: e.g. (7, 9) keeps only those classes, relabelled 0..k-1 in that order.
+  download: allow TFDS to download (network) when nothing local is found.
+  system_dirs: IDX folders installed system-wide; default: the catalog's
+    (e.g. /usr/share/datasets/fashion-mnist). Pass () to ignore them.
+  Raises DataNotFoundError (listing every place looked), CorruptDataError.
+  """
+  info = catalog.get(dataset)
+  counts = dict(info.num_examples)
+  bases = list(dict.fromkeys(s for s, _, _ in splits.resolve(split, counts)))
+  source = _find(info, bases, data_dir, download, system_dirs)
+  arrays = {b: _base_split(info, source, b) for b in bases}
+  counts.update({b: len(labels) for b, (_, labels) in arrays.items()})
+  parts = [(arrays[b][0][start:stop], arrays[b][1][start:stop])
+           for b, start, stop in splits.resolve(split, counts)]
+  if len(parts) == 1:
+    images, labels = parts[0]
+  else:
+    images = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+  class_names = info.class_names
+  if classes is not None:
+    images, labels, class_names = _select_classes(images, labels, classes,
+                                                  class_names)
+  return Split(name=dataset, split=split, images=_readonly(images),
+               labels=_readonly(labels), num_classes=len(class_names),
+               class_names=tuple(class_names), source=source.describe())
+
+
+def _select_classes(images, labels, classes, class_names):
+  """Keeps examples of `classes` (in their original order), relabelled 0..k-1."""
+  classes = [int(c) for c in classes]
+  if not classes or len(set(classes)) != len(classes):
+    raise ValueError(f"classes must be distinct class ids, got {classes}")
+  if any(not 0 <= c < len(class_names) for c in classes):
+    raise ValueError(f"classes {classes} out of range 0..{len(class_names) - 1}")
+  relabel = np.full(len(class_names), -1, dtype=np.int32)
+  relabel[classes] = np.arange(len(classes), dtype=np.int32)
+  keep = relabel[labels] >= 0
+  return images[keep], relabel[labels[keep]], [class_names[c] for c in classes]
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+  a = a.view()
+  a.flags.writeable = False
+  return a
+
+
+def _base_split(info, source: _Source, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """A whole base split ('train'/'test'), from memo, disk cache, or decoding."""
+  files = source.files(info, split)
+  if not files:  # Nothing to key a cache entry on (e.g. TFDS mocked in tests).
+    return tuple(_readonly(a) for a in _read(info, source, split))
+  key = cache.source_key(f"{info.name}/{split}/{source.kind}", files)
+  memo_key = (info.name, split, source.kind, source.location, key)
+  if memo_key in _MEMO:
+    return _MEMO[memo_key]
+  cached = cache.load(info.name, key, [f"{split}.images", f"{split}.labels"])
+  if cached is not None and _looks_valid(info, cached[f"{split}.images"],
+                                         cached[f"{split}.labels"]):
+    images, labels = cached[f"{split}.images"], cached[f"{split}.labels"]
+  else:
+    images, labels = _read(info, source, split)
+    cache.save(info.name, key, {f"{split}.images": images,
+                                f"{split}.labels": labels})
+  result = (_readonly(images), _readonly(labels))
+  _MEMO[memo_key] = result
+  return result
+
+
+def _read(info, source: _Source, split: str) -> tuple[np.ndarray, np.ndarray]:
+  if source.kind == "tfds":
+    return tfds_source.read_split(info.name, source.location, split)
+  return _decode_idx(info, source.location, split)
+
+
+def _looks_valid(info, images, labels) -> bool:
+  return (images.dtype == np.uint8 and images.ndim == 4
+          and images.shape[1:] == info.image_shape and labels.dtype == np.int32
+          and labels.shape == images.shape[:1])
+
+
+def _decode_idx(info, directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """Decodes and fully checks one split's IDX files; returns TFDS-ordered arrays."""
+  image_stem, label_stem = catalog.IDX_FILES[split]
+  image_path = _idx_file(directory, image_stem)
+  label_path = _idx_file(directory, label_stem)
+  images, labels = idx.read_pair(image_path, label_path,
+                                 info.idx_sha256.get(image_stem),
+                                 info.idx_sha256.get(label_stem))
+  expected = info.num_examples[split]
+  if images.shape[0] != expected:
+    raise CorruptDataError(image_path, f"holds {images.shape[0]} examples, "
+                           f"{info.name} {split} has {expected}")
+  height, width, channels = info.image_shape
+  if images.shape[1:] != (height, width):
+    raise CorruptDataError(image_path, f"images are {images.shape[1:]}, "
+                           f"expected {(height, width)}")
+  if labels.max() >= info.num_classes:
+    raise CorruptDataError(label_path, f"label {labels.max()} out of range "
+                           f"0..{info.num_classes - 1}")
+  order = ordering.tfds_order(split, expected)
+  images = images[order].reshape(expected, height, width, channels)
+  return images, labels[order].astype(np.int32)
+
+
+def _idx_file(directory: str, stem: str) -> str:
+  """Path of `stem` in `directory`, raw preferred over .gz; the .gz name if neither."""
+  raw = os.path.join(directory, stem)
+  return raw if os.path.isfile(raw) else raw + ".gz"
+
+
+def _idx_dirs(info, data_dir, system_dirs) -> list[str]:
+  """Folders searched for IDX files, in order, without duplicates."""
+  roots = [os.fspath(data_dir)] if data_dir else []
+  if os.environ.get("ZOO_DATA_DIR"):
+    roots.append(os.environ["ZOO_DATA_DIR"])
+  dirs = []
+  for root in roots:
+    root = os.path.expanduser(root)
+    dirs += [os.path.join(root, d) for d in info.dir_names] + [root]
+  dirs += list(info.system_dirs if system_dirs is None else system_dirs)
+  return list(dict.fromkeys(os.path.abspath(d) for d in dirs))
+
+
+def _find(info, bases, data_dir, download, system_dirs) -> _Source:
+  """Resolution order: prepared TFDS, local IDX files, TFDS download; else raise."""
+  tried = []
+  root = tfds_source.data_dir(data_dir)
+  if tfds_source.prepared_files(info.name, root):
+    return _Source("tfds", root)
+  tried.append(f"TFDS data dir {os.path.join(root, info.name)}: "
+               "no prepared version (no <version>/dataset_info.json)")
+
+  if info.idx:
+    for directory in _idx_dirs(info, data_dir, system_dirs):
+      needed = [stem for b in bases for stem in catalog.IDX_FILES[b]]
+      missing = [s for s in needed if not os.path.isfile(_idx_file(directory, s))]
+      if not missing:
+        return _Source("idx", directory)
+      tried.append(f"IDX folder {directory}: "
+                   + ("does not exist" if not os.path.isdir(directory) else
+                      "missing " + ", ".join(f"{s}[.gz]" for s in missing)))
+  else:
+    tried.append(f"IDX files: not used for {info.name} (TFDS only)")
+
+  if download:
+    try:
+      offline = tfds_source.network_problem(info.name)
+      if offline:
+        tried.append(f"TFDS download_and_prepare into {root}: skipped, {offline}")
+      else:
+        tfds_source.download_and_prepare(info.name, root)
+        return _Source("tfds", root)
+    except Exception as e:  # pylint: disable=broad-except  (offline, DNS, ...)
+      reason = (str(e).strip().splitlines() or [""])[0][:300]
+      tried.append(f"TFDS download_and_prepare into {root}: failed "
+                   f"({type(e).__name__}: {reason})")
+  else:
+    tried.append(f"TFDS download_and_prepare into {root}: skipped (download=False)")
+  raise DataNotFoundError(info.name, tried, _hints(info, root))
+
+
+def _hints(info, root: str) -> list[str]:
+  name = info.name
+  hints = [
+      f"with network access, load again (download=True, the default): TFDS "
+      f"downloads and prepares it into {root}",
+      "point --data-dir or TFDS_DATA_DIR at a TFDS data dir where it is "
+      "prepared (<dir>/" + name + "/<version>/)",
+  ]
+  if info.idx:
+    files = ", ".join(f"{s}[.gz]" for pair in catalog.IDX_FILES.values()
+                      for s in pair)
+    hints.append(f"or point --data-dir or ZOO_DATA_DIR at a folder holding the "
+                 f"IDX files ({files}), directly or in a '{info.dir_names[0]}' "
+                 "subfolder")
+  if info.apt_package:
+    hints.append(f"on Debian/Ubuntu: sudo apt-get install {info.apt_package} "
+                 f"(installs the IDX files into {info.system_dirs[0]})")
+  return hints

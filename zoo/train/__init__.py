@@ -1,0 +1,1 @@
+"""Training: state, step, strategies, loop, evaluation, checkpoints."""

@@ -1,0 +1,124 @@
+"""`zoo train` and `zoo eval`: thin wrappers over zoo.train and zoo.evaluate."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from zoo import config as config_lib
+
+
+def _parse_sets(items) -> dict:
+  out = {}
+  for item in items or []:
+    if "=" not in item:
+      raise config_lib.ConfigError(
+          f"--set {item!r}: write key=value, e.g. optimizer.learning_rate=3e-4")
+    key, value = item.split("=", 1)
+    out[key.strip()] = config_lib.parse_value(value.strip())
+  return out
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+  p.add_argument("name", help="registered model (see `zoo list`)")
+  p.add_argument("--data-dir", default=None,
+                 help="TFDS data dir or folder with IDX files "
+                      "(default: $ZOO_DATA_DIR, $TFDS_DATA_DIR, system paths)")
+  p.add_argument("--workdir", default=None, help="run directory")
+
+
+def _add_train(sub) -> None:
+  p = sub.add_parser("train", help="train a model (resumes in --workdir)")
+  _add_common(p)
+  p.add_argument("--epochs", type=int)
+  p.add_argument("--batch-size", type=int, help="global batch size")
+  p.add_argument("--seed", type=int)
+  p.add_argument("--devices", type=int, default=None,
+                 help="use the first N local devices (default: all)")
+  p.add_argument("--strategy", default="auto",
+                 choices=["auto", "jit", "pmap", "mesh"],
+                 help="auto: jit on one device, pmap on several")
+  p.add_argument("--checkpoint-every", type=int, help="steps between saves")
+  p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                 help="config override, e.g. optimizer.learning_rate=3e-4")
+  p.add_argument("--coordinator-address", help="multi-host: host:port of "
+                 "process 0 (as in jax.distributed.initialize)")
+  p.add_argument("--num-processes", type=int)
+  p.add_argument("--process-id", type=int)
+  p.add_argument("--no-progress", action="store_true",
+                 help="no progress bar (default when not a terminal)")
+  p.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+  from zoo import registry
+  overrides = _parse_sets(args.set)
+  for key, value in (("train.epochs", args.epochs),
+                     ("train.batch_size", args.batch_size),
+                     ("train.seed", args.seed),
+                     ("train.checkpoint_every", args.checkpoint_every)):
+    if value is not None:
+      overrides[key] = value
+  # Validate everything before any device work.
+  entry = registry.with_config(registry.get(args.name), overrides)
+  from zoo.train import distributed
+  distributed.initialize(args.coordinator_address, args.num_processes,
+                         args.process_id)
+  from zoo.train.loop import PREEMPTED_EXIT_CODE, Preempted, train
+  progress = False if args.no_progress else True
+  try:
+    out = train(entry, workdir=args.workdir, data_dir=args.data_dir,
+                strategy=args.strategy, devices=args.devices,
+                progress=progress and sys.stderr.isatty())
+  except Preempted as e:
+    print(f"zoo: preempted: {e}", file=sys.stderr)
+    return PREEMPTED_EXIT_CODE
+  r = out.result
+  if out.history and not (progress and sys.stderr.isatty()):
+    for h in out.history:
+      print(f"epoch {h['epoch']:>3}: train loss {h['train_loss']:.4f}  "
+            f"test loss {h['test_loss']:.4f}  test acc "
+            f"{h['test_accuracy']:.4f}  {h['images_per_second']:,.0f} img/s")
+  ips = r["train_images_per_second"]
+  print(f"{r['model']}: test accuracy {100 * r['test_accuracy']:.2f}% "
+        f"(loss {r['test_loss']:.4f}) after {r['epochs']} epochs, "
+        f"{r['wall_seconds']:.1f} s wall, "
+        + (f"{ips:,.0f} train images/s, " if ips else "")
+        + f"{r['devices']} device(s) x {r['processes']} process(es) "
+        f"[{r['strategy']}, {r['loop']} loop]")
+  if args.workdir:
+    print(f"results in {Path(args.workdir).resolve()}: result.json, "
+          "metrics.jsonl, learning_curve.png, checkpoints/")
+  return 0
+
+
+def _add_eval(sub) -> None:
+  p = sub.add_parser("eval", help="evaluate saved parameters on the test set")
+  _add_common(p)
+  p.add_argument("--weights", default=None,
+                 help=".npz weights file (default: newest checkpoint in "
+                      "--workdir)")
+  p.add_argument("--split", default=None, help="split, default the test split")
+  p.set_defaults(func=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+  from zoo import registry
+  from zoo.train import weights
+  from zoo.train.evaluate import evaluate_model
+  entry = registry.get(args.name)
+  if args.weights:
+    params, model_state = weights.load(entry, args.weights)
+  elif args.workdir:
+    params, model_state = weights.from_workdir(entry, args.workdir)
+  else:
+    raise config_lib.ConfigError("zoo eval needs --workdir DIR or "
+                                 "--weights FILE.")
+  res = evaluate_model(entry, params, model_state, data_dir=args.data_dir,
+                       split=args.split)
+  print(json.dumps(res, indent=1))
+  return 0
+
+
+COMMANDS = [_add_train, _add_eval]

@@ -1,0 +1,359 @@
+"""The one training loop for every model.
+
+config -> data on device -> strategy (jit | pmap | mesh) -> epochs of steps
+(a Python loop of jitted steps or one lax.scan per chunk, whichever is faster
+on this backend) -> evaluation, metrics.jsonl, checkpoints, result.json.
+The loop never knows which model it runs; all of that is in the entry.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from zoo import data, registry
+from zoo.errors import ZooError
+from zoo.train import checkpoint as ckpt_lib
+from zoo.train import strategies
+from zoo.train.evaluate import Evaluator
+from zoo.train.fingerprint import params_sha256
+from zoo.train.optim import optimizer
+from zoo.train.state import TrainState, init_state
+from zoo.train.step import make_train_step
+
+log = logging.getLogger("zoo.train")
+
+# Keyword arguments of train() that are not config keys.
+RUN_OPTIONS = ("workdir", "data_dir", "strategy", "devices", "progress",
+               "resume")
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, as schedulers expect
+
+
+class NonFiniteError(ZooError, FloatingPointError):
+  """Training produced a non-finite loss or gradient."""
+
+  def __init__(self, step: int, checkpoint: str | None):
+    self.step = step
+    where = (f"the last good checkpoint ({checkpoint}) is untouched"
+             if checkpoint else "no checkpoint was written after it")
+    super().__init__(
+        f"non-finite loss or gradients at step {step}; training stopped and "
+        f"{where}. Lower optimizer.learning_rate, or set "
+        "train.on_nonfinite=skip to drop such updates.")
+
+
+class Preempted(ZooError):
+  """SIGTERM arrived: the state was saved at a step boundary."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What `zoo.train` returns."""
+  params: Any
+  model_state: Any
+  history: list[dict[str, Any]]
+  result: dict[str, Any]
+  entry: registry.ModelEntry
+
+
+def choose_loop(requested: str, params, platform: str) -> str:
+  """"scan" or "python": the faster way to run steps here.
+
+  Measured (bench/train_speed.py): on accelerators one compiled scan per
+  epoch wins (3-10x on an H100); on CPU the scan makes convolutional models
+  several times slower while it speeds up dense ones, so CPU scans only
+  models without conv kernels (rank-4 weights).
+  """
+  if requested != "auto":
+    return requested
+  if platform != "cpu":
+    return "scan"
+  has_conv = any(np.ndim(x) == 4 for x in jax.tree.leaves(params))
+  return "python" if has_conv else "scan"
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag checked at step boundaries."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = None
+
+  def __enter__(self):
+    try:
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread
+      self._old = None
+    return self
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def _versions() -> dict[str, str]:
+  import haiku
+  import optax
+  return {"jax": jax.__version__, "jaxlib": jax.lib.__version__
+          if hasattr(jax.lib, "__version__") else jax.__version__,
+          "haiku": haiku.__version__, "optax": optax.__version__,
+          "python": sys.version.split()[0]}
+
+
+def _write_json(path: Path, obj) -> None:
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
+  os.replace(tmp, path)
+
+
+def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
+          data_dir: str | None = None, strategy: str = "auto",
+          devices: int | None = None, progress: bool | None = None,
+          resume: bool = True, **overrides) -> TrainResult:
+  """Trains a registered model and returns its parameters and metrics.
+
+  `overrides` are config keys, dotted ("optimizer.learning_rate") or bare
+  when unambiguous ("epochs", "batch_size", "seed"); they are validated
+  before any device work. With a `workdir`, the run writes config.json,
+  metrics.jsonl, result.json, learning_curve.png and checkpoints/, and
+  re-running on the same workdir resumes from the newest good checkpoint.
+  """
+  entry = (registry.get(name_or_entry) if isinstance(name_or_entry, str)
+           else name_or_entry)
+  if overrides:
+    entry = registry.with_config(entry, overrides)
+  cfg = entry.config
+  tcfg = cfg["train"]
+  t_start = time.perf_counter()
+  workdir = Path(workdir) if workdir is not None else None
+  is_main = jax.process_index() == 0
+  if progress is None:
+    progress = sys.stderr.isatty()
+
+  # Data: loaded (and verified) once on the host, placed on device once.
+  classes = cfg["data"]["classes"] or None
+  train_split = data.load(entry.dataset, cfg["data"]["train_split"],
+                          data_dir=data_dir, classes=classes)
+  test_split = data.load(entry.dataset, cfg["data"]["test_split"],
+                         data_dir=data_dir, classes=classes)
+  strat = strategies.make(strategy, devices)
+  batch = tcfg["batch_size"]
+  strat.check_batch(batch)
+  n_train = len(train_split.labels)
+  steps_per_epoch = n_train // batch
+  if steps_per_epoch == 0:
+    raise ZooError(f"batch size {batch} exceeds the {n_train} training "
+                   "examples; lower --batch-size.")
+  total_steps = tcfg["epochs"] * steps_per_epoch
+
+  tx = optimizer(cfg, total_steps)
+  host_state = jax.device_get(init_state(entry, tx, tcfg["seed"]))
+  history: list[dict[str, Any]] = []
+
+  manager = None
+  if workdir is not None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    manager = ckpt_lib.CheckpointManager(workdir / "checkpoints",
+                                         tcfg["keep_checkpoints"])
+    if is_main:
+      _write_json(workdir / "config.json", cfg)
+    restored = manager.restore_latest(host_state) if resume else None
+    if restored is not None:
+      host_state, meta = restored
+      if meta.get("config") != cfg:
+        raise ZooError(
+            f"{workdir} holds a run with a different config; use a new "
+            "--workdir, or delete its checkpoints/ to start over.")
+      history = meta.get("history", [])
+      log.info("resumed from step %d", int(host_state.step))
+
+  loop_kind = choose_loop(tcfg["loop"], host_state.params,
+                          strat.devices[0].platform)
+  train_step = make_train_step(entry, tx, axis_name=strat.axis_name,
+                               on_nonfinite=tcfg["on_nonfinite"])
+  run_one, run_scan = strat.compile(train_step)
+  images, labels = strat.put_data(train_split.images, train_split.labels)
+  evaluator = Evaluator(entry, test_split.images, test_split.labels,
+                        tcfg["eval_batch_size"], device=strat.devices[0])
+  state = strat.put_state(host_state)
+
+  def save(state_host: TrainState) -> str | None:
+    if manager is None:
+      return None
+    step = int(state_host.step)
+    meta = {"config": cfg, "history": history, "epoch": step // steps_per_epoch,
+            "step_in_epoch": step % steps_per_epoch,
+            "params_sha256": params_sha256(state_host.params),
+            "versions": _versions()}
+    if is_main:
+      return str(manager.save(step, state_host, meta))
+    return None
+
+  # Compile ahead of time so that compilation is timed on its own.
+  t0 = time.perf_counter()
+  probe_rows = strat.put_indices(np.zeros((steps_per_epoch, batch), np.int32))
+  compiled: dict[Any, Any] = {}
+  if loop_kind == "python":
+    compiled["one"] = run_one.lower(state, images, labels, probe_rows,
+                                    np.int32(0)).compile()
+  compile_seconds = time.perf_counter() - t0
+
+  def scan_fn(length: int, rows):
+    if length not in compiled:
+      t = time.perf_counter()
+      compiled[length] = run_scan.lower(state, images, labels, rows).compile()
+      nonlocal compile_seconds
+      compile_seconds += time.perf_counter() - t
+    return compiled[length]
+
+  step = int(host_state.step)
+  if step >= total_steps and history:
+    log.info("already trained to step %d", step)
+  ckpt_every = tcfg["checkpoint_every"]
+  last_ckpt = None
+  train_seconds = 0.0
+  images_seen = 0
+  bar = None
+  if progress and is_main:
+    from tqdm.auto import tqdm
+    bar = tqdm(total=total_steps, initial=step, unit="step",
+               desc=entry.name, dynamic_ncols=True)
+
+  with _Preemption() as preempt:
+    while step < total_steps:
+      epoch, offset = divmod(step, steps_per_epoch)
+      rows_all = data.epoch_indices(tcfg["seed"], epoch, n_train, batch)
+      rows_dev = None
+      ep_loss, ep_acc, ep_steps = 0.0, 0.0, 0
+      ep_seconds, ep_images = 0.0, 0
+      while offset < steps_per_epoch:
+        # A chunk runs to the next checkpoint step or the end of the epoch.
+        end = steps_per_epoch
+        if ckpt_every:
+          end = min(end, (step // ckpt_every + 1) * ckpt_every
+                    - epoch * steps_per_epoch)
+        metrics_list = []
+        t = time.perf_counter()
+        if loop_kind == "scan":
+          rows = strat.put_indices(rows_all[offset:end])
+          state, metrics = scan_fn(end - offset, rows)(state, images, labels,
+                                                       rows)
+          metrics_list.append(metrics)
+          done = end - offset
+        else:
+          if rows_dev is None:
+            rows_dev = strat.put_indices(rows_all)
+          done = 0
+          for i in range(offset, end):
+            state, metrics = compiled["one"](state, images, labels, rows_dev,
+                                             np.int32(i))
+            metrics_list.append(metrics)
+            done += 1
+            if bar is not None and done % 50 == 0:
+              m = strat.host_metrics(metrics)
+              bar.update(50)
+              bar.set_postfix(loss=f"{float(m['loss']):.4f}",
+                              acc=f"{float(m['accuracy']):.3f}")
+            if preempt.requested:
+              break
+        host_metrics = [strat.host_metrics(m) for m in metrics_list]
+        elapsed = time.perf_counter() - t
+        ep_seconds += elapsed
+        ep_images += done * batch
+        losses = np.concatenate([np.ravel(m["loss"]) for m in host_metrics])
+        accs = np.concatenate([np.ravel(m["accuracy"]) for m in host_metrics])
+        ep_loss += float(losses.sum())
+        ep_acc += float(accs.sum())
+        ep_steps += len(losses)
+        offset += done
+        step += done
+        if bar is not None:
+          bar.n = step
+          bar.set_postfix(loss=f"{losses[-1]:.4f}", acc=f"{accs[-1]:.3f}",
+                          img_s=f"{done * batch / max(elapsed, 1e-9):,.0f}")
+          bar.refresh()
+        state_host = None
+        nonfinite = int(jax.device_get(
+            strat.host_metrics({"n": state.nonfinite_step})["n"]))
+        if nonfinite >= 0 and tcfg["on_nonfinite"] == "stop":
+          if bar is not None:
+            bar.close()
+          raise NonFiniteError(nonfinite, last_ckpt)
+        at_ckpt = ckpt_every and step % ckpt_every == 0
+        if preempt.requested or (at_ckpt and step < total_steps):
+          state_host = strat.get_state(state)
+          last_ckpt = save(state_host) or last_ckpt
+        if preempt.requested:
+          if bar is not None:
+            bar.close()
+          raise Preempted(f"SIGTERM: saved step {step} to {last_ckpt}; "
+                          "re-run the same command to resume.")
+      train_seconds += ep_seconds
+      images_seen += ep_images
+      state_host = strat.get_state(state)
+      ev = evaluator(state_host.params, state_host.model_state)
+      row = {"epoch": epoch + 1, "step": step,
+             "train_loss": ep_loss / max(ep_steps, 1),
+             "train_accuracy": ep_acc / max(ep_steps, 1),
+             "test_loss": ev["loss"], "test_accuracy": ev["accuracy"],
+             "images_per_second": ep_images / max(ep_seconds, 1e-9),
+             "seconds": ep_seconds}
+      history.append(row)
+      if bar is not None:
+        bar.write(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f} "
+                  f"test loss {ev['loss']:.4f} test acc {ev['accuracy']:.4f} "
+                  f"({row['images_per_second']:,.0f} img/s)")
+      if workdir is not None and is_main:
+        # Rewritten whole from history, so a resumed run never repeats a row.
+        tmp = workdir / "metrics.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
+        os.replace(tmp, workdir / "metrics.jsonl")
+      if step >= total_steps or (ckpt_every and step % ckpt_every == 0):
+        last_ckpt = save(state_host) or last_ckpt
+  if bar is not None:
+    bar.close()
+
+  state_host = strat.get_state(state)
+  final = evaluator(state_host.params, state_host.model_state)
+  result = {
+      "model": entry.name,
+      "test_accuracy": final["accuracy"],
+      "test_loss": final["loss"],
+      "per_class_accuracy": final["per_class_accuracy"],
+      "test_examples": final["examples"],
+      "epochs": tcfg["epochs"],
+      "steps": int(state_host.step),
+      "train_images_per_second": (images_seen / train_seconds
+                                  if train_seconds else None),
+      "compile_seconds": compile_seconds,
+      "wall_seconds": time.perf_counter() - t_start,
+      "devices": strat.num_devices,
+      "processes": jax.process_count(),
+      "strategy": strat.name,
+      "loop": loop_kind,
+      "device_kind": strat.devices[0].device_kind,
+      "platform": strat.devices[0].platform,
+      "params_sha256": params_sha256(state_host.params),
+      "skipped_updates": int(state_host.skipped),
+      "config": cfg,
+      "versions": _versions(),
+  }
+  if workdir is not None and is_main:
+    _write_json(workdir / "result.json", result)
+    from zoo.train.plots import plot_learning_curve
+    plot_learning_curve(history, workdir / "learning_curve.png", entry.name)
+  return TrainResult(params=state_host.params,
+                     model_state=state_host.model_state, history=history,
+                     result=result, entry=entry)

@@ -1,0 +1,127 @@
+"""The one train step and eval step for every model: pure and chex-checked.
+
+`make_train_step` builds `step(state, images, labels) -> (state, metrics)`.
+Under data parallelism (`axis_name` set, e.g. inside pmap) gradients, metrics
+and model state are averaged over that axis, so every device applies the same
+update as one device would on the global batch.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from zoo import losses
+from zoo.train.state import TrainState
+
+Metrics = dict[str, jax.Array]
+
+
+def _pmean(tree, axis_name):
+  return jax.lax.pmean(tree, axis_name) if axis_name else tree
+
+
+def all_finite(tree) -> jax.Array:
+  """True iff every element of every leaf is finite."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def forward(entry, params, model_state, rng, images, is_training):
+  """Logits and new model state, for stateless and stateful models alike."""
+  if entry.stateful:
+    return entry.transformed.apply(params, model_state, rng, images,
+                                   is_training=is_training)
+  return entry.transformed.apply(params, rng, images,
+                                 is_training=is_training), model_state
+
+
+def make_train_step(entry, tx: optax.GradientTransformation, *,
+                    axis_name: str | None = None,
+                    on_nonfinite: str = "stop") -> Callable[..., Any]:
+  """Returns the pure train step for registered model `entry`.
+
+  `on_nonfinite`: "stop" freezes the state at the first step whose loss or
+  gradients are not finite and records that step (the loop then stops with
+  an error, the last good state intact); "skip" drops that update and goes on.
+  """
+  l2 = entry.config["loss"]["l2"]
+  input_shape = entry.input_shape
+
+  def loss_fn(params, model_state, rng, images, labels):
+    logits, new_model_state = forward(entry, params, model_state, rng, images,
+                                      True)
+    loss = entry.loss(logits, labels)
+    total = loss + (losses.l2_regularization(params, l2) if l2 else 0.0)
+    return total, (loss, logits, new_model_state)
+
+  def train_step(state: TrainState, images: jax.Array, labels: jax.Array):
+    chex.assert_rank(images, 4)
+    chex.assert_shape(images, (None, *input_shape))
+    chex.assert_type(images, jnp.float32)
+    chex.assert_shape(labels, (images.shape[0],))
+    chex.assert_type(labels, jnp.int32)
+
+    rng = jax.random.fold_in(state.rng, state.step)
+    if axis_name:  # a different dropout mask on every device
+      rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+    grads, (loss, logits, model_state) = jax.grad(loss_fn, has_aux=True)(
+        state.params, state.model_state, rng, images, labels)
+    chex.assert_trees_all_equal_shapes_and_dtypes(grads, state.params)
+    grads, loss, model_state = _pmean((grads, loss, model_state), axis_name)
+    correct = jnp.mean((losses.predictions(logits) == labels)
+                       .astype(jnp.float32))
+    accuracy = _pmean(correct, axis_name)
+
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    chex.assert_trees_all_equal_shapes(updates, state.params)
+    params = optax.apply_updates(state.params, updates)
+
+    finite = jnp.isfinite(loss) & all_finite(grads)
+    stopped = state.nonfinite_step >= 0
+    apply = finite & ~stopped if on_nonfinite == "stop" else finite
+    new = TrainState(
+        step=state.step + 1, params=params, model_state=model_state,
+        opt_state=opt_state, rng=state.rng,
+        nonfinite_step=jnp.where(~finite & ~stopped, state.step,
+                                 state.nonfinite_step),
+        skipped=state.skipped + (~finite).astype(jnp.int32))
+    out = jax.tree.map(lambda o, n: jnp.where(apply, n, o), state, new)
+    # A stopped run does not advance: it stays at the last good step. Under
+    # "skip" the step counter moves on past the dropped update.
+    out = out._replace(nonfinite_step=new.nonfinite_step, skipped=new.skipped)
+    if on_nonfinite == "skip":
+      out = out._replace(step=new.step)
+    return out, {"loss": loss, "accuracy": accuracy}
+
+  return train_step
+
+
+def make_eval_step(entry) -> Callable[..., Metrics]:
+  """`eval_step(params, model_state, images, labels, mask)` -> summed loss,
+  correct count, and per-class correct/total counts for masked examples."""
+  num_classes = entry.num_classes
+  loss_name = entry.config["loss"]["name"]
+
+  def eval_step(params, model_state, images, labels, mask):
+    chex.assert_rank(images, 4)
+    chex.assert_equal_shape([labels, mask])
+    logits, _ = forward(entry, params, model_state, None, images, False)
+    per_example = jax.vmap(
+        lambda lg, lb: losses.get(loss_name)(lg[None], lb[None]))(logits,
+                                                                   labels)
+    correct = (losses.predictions(logits) == labels).astype(jnp.float32)
+    mask = mask.astype(jnp.float32)
+    one_hot = jax.nn.one_hot(labels, num_classes) * mask[:, None]
+    return {
+        "loss_sum": jnp.sum(per_example * mask),
+        "correct": jnp.sum(correct * mask),
+        "count": jnp.sum(mask),
+        "class_correct": jnp.sum(one_hot * correct[:, None], axis=0),
+        "class_count": jnp.sum(one_hot, axis=0),
+    }
+
+  return eval_step

@@ -1,0 +1,285 @@
+"""zoo.config: validation of every section, types, overrides, parse_value."""
+import pytest
+
+import zoo
+from zoo import config as config_lib
+from zoo import registry
+from zoo.errors import ConfigError, UnknownConfigKeyError
+from zoo.models.cnn import cnn
+from zoo.models.mlp import mlp
+
+CONFIG_FILES = sorted(registry.configs_dir().glob("*.toml"))
+
+
+def _unknown_key(config, arch_fn=None):
+  with pytest.raises(UnknownConfigKeyError) as info:
+    config_lib.validate(config, arch_fn)
+  assert isinstance(info.value, KeyError)
+  assert isinstance(info.value, ConfigError)
+  return info.value
+
+
+# -- unknown keys ---------------------------------------------------------------
+
+@pytest.mark.parametrize("section,key,suggestion", [
+    ("data", "datset", "dataset"),
+    ("loss", "label_smothing", "label_smoothing"),
+    ("schedule", "warmup_step", "warmup_steps"),
+    ("train", "batchsize", "batch_size"),
+    ("train", "epoch", "epochs"),
+])
+def test_misspelled_key_in_section(section, key, suggestion):
+  err = _unknown_key({section: {key: 1}})
+  assert err.key == f"{section}.{key}"
+  assert f"{section}.{key}" in str(err)
+  assert suggestion in err.suggestions
+  assert "Did you mean" in str(err)
+
+
+def test_misspelled_model_key():
+  err = _unknown_key({"model": {"arch": "mlp", "hiden_sizes": [8]}}, mlp)
+  assert err.key == "model.hiden_sizes"
+  assert "model.hiden_sizes" in str(err)
+  assert "hidden_sizes" in err.suggestions
+  # A key of another architecture is not valid either.
+  err = _unknown_key({"model": {"arch": "mlp", "channels": [8]}}, mlp)
+  assert "model.channels" in str(err)
+  # Without an architecture only `arch` is known.
+  _unknown_key({"model": {"arch": "mlp", "dropout": 0.1}})
+
+
+def test_misspelled_optimizer_key():
+  err = _unknown_key({"optimizer": {"name": "adam", "learing_rate": 1e-3}})
+  assert "optimizer.learing_rate" in str(err)
+  assert "learning_rate" in err.suggestions
+
+
+def test_misspelled_top_level_key():
+  err = _unknown_key({"descripton": "x"})
+  assert err.key == "descripton"
+  assert "descripton" in str(err) and "description" in err.suggestions
+  err = _unknown_key({"trian": {"epochs": 1}})
+  assert "trian" in str(err) and "train" in err.suggestions
+
+
+# -- optimizer keys follow optax's signatures ------------------------------------
+
+def test_optimizer_keys_checked_against_optax():
+  cfg = config_lib.validate({"optimizer": {"name": "adam", "b1": 0.8,
+                                           "eps": 1e-6}})
+  assert cfg["optimizer"] == {"name": "adam", "learning_rate": 1e-3,
+                              "b1": 0.8, "eps": 1e-6}
+  err = _unknown_key({"optimizer": {"name": "sgd", "b1": 0.9}})
+  assert "optimizer.b1" in str(err)
+  cfg = config_lib.validate({"optimizer": {"name": "sgd", "momentum": 0.9,
+                                           "nesterov": True}})
+  assert cfg["optimizer"]["nesterov"] is True
+  # `momentum` is sgd with momentum: sgd's keys.
+  cfg = config_lib.validate({"optimizer": {"name": "momentum",
+                                           "nesterov": True}})
+  assert cfg["optimizer"]["name"] == "momentum"
+  _unknown_key({"optimizer": {"name": "momentum", "b2": 0.9}})
+  cfg = config_lib.validate({"optimizer": {"name": "adamw",
+                                           "weight_decay": 0.05}})
+  assert cfg["optimizer"]["weight_decay"] == 0.05
+
+
+def test_optimizer_value_types():
+  with pytest.raises(ConfigError, match="optimizer.b1"):
+    config_lib.validate({"optimizer": {"name": "adam", "b1": "high"}})
+  with pytest.raises(ConfigError, match="optimizer.learning_rate"):
+    config_lib.validate({"optimizer": {"name": "adam",
+                                       "learning_rate": "fast"}})
+  cfg = config_lib.validate({"optimizer": {"name": "sgd", "learning_rate": 1}})
+  assert cfg["optimizer"]["learning_rate"] == 1.0
+  assert isinstance(cfg["optimizer"]["learning_rate"], float)
+
+
+def test_unknown_optimizer():
+  with pytest.raises(ConfigError, match="unknown optimizer 'adma'"):
+    config_lib.validate({"optimizer": {"name": "adma"}})
+  assert config_lib.optimizer_factory("momentum").__name__ == "sgd"
+
+
+# -- types and values -----------------------------------------------------------
+
+@pytest.mark.parametrize("config,match", [
+    ({"train": {"batch_size": "big"}}, "train.batch_size"),
+    ({"train": {"batch_size": 12.5}}, "train.batch_size"),
+    ({"train": {"epochs": True}}, "train.epochs"),
+    ({"loss": {"label_smoothing": "0.1"}}, "loss.label_smoothing"),
+    ({"loss": {"l2": False}}, "loss.l2"),
+    ({"data": {"classes": 7}}, "data.classes"),
+    ({"data": {"dataset": 3}}, "data.dataset"),
+    ({"name": 5}, "name"),
+    ({"train": 5}, r"\[train\]"),
+])
+def test_wrong_type(config, match):
+  with pytest.raises(ConfigError, match=match):
+    config_lib.validate(config)
+
+
+def test_wrong_model_type():
+  with pytest.raises(ConfigError, match="model.hidden_size"):
+    config_lib.validate({"model": {"arch": "cnn", "hidden_size": "wide"}}, cnn)
+
+
+@pytest.mark.parametrize("config", [
+    {"train": {"batch_size": 0}},
+    {"train": {"epochs": -1}},
+    {"train": {"on_nonfinite": "ignore"}},
+    {"train": {"loop": "fast"}},
+    {"schedule": {"name": "exponential"}},
+])
+def test_bad_values(config):
+  with pytest.raises(ConfigError):
+    config_lib.validate(config)
+
+
+def test_int_accepted_for_float():
+  cfg = config_lib.validate({"loss": {"label_smoothing": 0, "l2": 1},
+                             "schedule": {"end_factor": 0}})
+  for value in (cfg["loss"]["label_smoothing"], cfg["loss"]["l2"],
+                cfg["schedule"]["end_factor"]):
+    assert isinstance(value, float)
+  assert cfg["loss"]["l2"] == 1.0
+
+
+def test_defaults_filled_and_input_untouched():
+  raw = {"model": {"arch": "mlp", "hidden_sizes": (64,)},
+         "train": {"epochs": 3}}
+  cfg = config_lib.validate(raw, mlp)
+  assert raw == {"model": {"arch": "mlp", "hidden_sizes": (64,)},
+                 "train": {"epochs": 3}}
+  assert cfg["train"]["epochs"] == 3
+  assert cfg["train"]["batch_size"] == config_lib.DEFAULTS["train"]["batch_size"]
+  assert cfg["model"] == {"arch": "mlp", "hidden_sizes": [64],
+                          "activation": "relu", "initializer": "he_normal",
+                          "dropout": 0.0}
+  assert set(cfg) == set(config_lib.DEFAULTS)
+  assert cfg["optimizer"] == {"name": "adam", "learning_rate": 1e-3}
+  assert config_lib.DEFAULTS["train"]["epochs"] == 10  # not mutated
+
+
+# -- overrides ------------------------------------------------------------------
+
+def _base():
+  return zoo.get("mlp_mnist").config
+
+
+def test_with_overrides_bare_and_dotted_keys():
+  base = _base()
+  cfg = config_lib.with_overrides(base, {
+      "epochs": 3, "learning_rate": 3e-4, "dataset": "fashion_mnist",
+      "model.activation": "gelu", "loss.label_smoothing": 0.1,
+      "train.batch_size": 64})
+  assert cfg["train"]["epochs"] == 3
+  assert cfg["optimizer"]["learning_rate"] == 3e-4
+  assert cfg["data"]["dataset"] == "fashion_mnist"
+  assert cfg["model"]["activation"] == "gelu"
+  assert cfg["loss"]["label_smoothing"] == 0.1
+  assert cfg["train"]["batch_size"] == 64
+  assert base["train"]["epochs"] == 15  # the original is untouched
+  assert config_lib.validate(cfg, mlp)["train"]["epochs"] == 3
+
+
+def test_with_overrides_new_optimizer_keys():
+  cfg = config_lib.with_overrides(_base(), {"optimizer.name": "sgd",
+                                            "optimizer.momentum": 0.9})
+  cfg = config_lib.validate(cfg, mlp)
+  assert cfg["optimizer"] == {"name": "sgd", "learning_rate": 1e-3,
+                              "momentum": 0.9}
+  cfg = config_lib.with_overrides(_base(), {"optimizer.b1": 0.9,
+                                            "optimizer.name": "sgd"})
+  with pytest.raises(UnknownConfigKeyError, match="optimizer.b1"):
+    config_lib.validate(cfg, mlp)
+
+
+def test_resolve_key():
+  base = _base()
+  assert config_lib.resolve_key(base, "epochs") == ("train", "epochs")
+  assert config_lib.resolve_key(base, "l2") == ("loss", "l2")
+  assert config_lib.resolve_key(base, "name") == ("name",)
+  assert config_lib.resolve_key(base, "a.b") == ("a", "b")
+  ambiguous = {**base, "model": {**base["model"], "epochs": 1}}
+  with pytest.raises(ConfigError, match="ambiguous"):
+    config_lib.resolve_key(ambiguous, "epochs")
+
+
+@pytest.mark.parametrize("key,named", [
+    ("epoch", "epoch"),
+    ("train.epoch", "train.epoch"),
+    ("model.activaton", "model.activaton"),
+    ("trian.epochs", "trian.epochs"),
+])
+def test_with_overrides_unknown_key(key, named):
+  with pytest.raises(UnknownConfigKeyError) as info:
+    config_lib.with_overrides(_base(), {key: 1})
+  assert named in str(info.value)
+  assert isinstance(info.value, KeyError)
+
+
+def test_bare_key_suggestion():
+  with pytest.raises(UnknownConfigKeyError) as info:
+    config_lib.with_overrides(_base(), {"batchsize": 32})
+  assert "train.batch_size" in info.value.suggestions
+
+
+def test_with_config_revalidates():
+  entry = zoo.get("mlp_mnist")
+  new = registry.with_config(entry, {"epochs": 2, "model.dropout": 0.2})
+  assert new.config["train"]["epochs"] == 2
+  assert new.config["model"]["dropout"] == 0.2
+  assert new.name == entry.name
+  with pytest.raises(ConfigError, match="train.epochs"):
+    registry.with_config(entry, {"epochs": "many"})
+  with pytest.raises(ConfigError, match="unknown dataset"):
+    registry.with_config(entry, {"dataset": "mnsit"})
+
+
+# -- parse_value ----------------------------------------------------------------
+
+@pytest.mark.parametrize("text,value", [
+    ("3e-4", 3e-4),
+    ("0.5", 0.5),
+    ("10", 10),
+    ("true", True),
+    ("false", False),
+    ("[1, 2]", [1, 2]),
+    ('"x"', "x"),
+    ("gelu", "gelu"),
+    ("fashion_mnist", "fashion_mnist"),
+    ("train[:90%]", "train[:90%]"),
+])
+def test_parse_value(text, value):
+  parsed = config_lib.parse_value(text)
+  assert parsed == value
+  assert type(parsed) is type(value)
+
+
+# -- the shipped configs --------------------------------------------------------
+
+def test_config_files_exist():
+  names = {p.stem for p in CONFIG_FILES}
+  assert names >= {"logreg_mnist", "mlp_mnist", "cnn_mnist",
+                   "logreg_fashion_mnist", "mlp_fashion_mnist",
+                   "cnn_fashion_mnist", "logreg_binary_fashion_mnist"}
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
+def test_every_config_file_validates(path):
+  raw = config_lib.load_file(path)
+  raw.setdefault("name", path.stem)
+  arch_fn = registry._arch(raw["model"]["arch"])[0]
+  cfg = config_lib.validate(raw, arch_fn)
+  assert cfg["description"]
+  assert cfg["data"]["dataset"] in ("mnist", "fashion_mnist")
+  assert path.stem in zoo.list_models()
+  assert zoo.get(path.stem).config == cfg
+
+
+def test_load_file_errors(tmp_path):
+  bad = tmp_path / "bad.toml"
+  bad.write_text("[train\nepochs = ")
+  with pytest.raises(ConfigError, match="not valid TOML"):
+    config_lib.load_file(bad)

@@ -1,0 +1,210 @@
+"""load() on the real Fashion-MNIST (Debian IDX files): counts, caching, slicing,
+class filtering, source-independent order, and the not-found message."""
+
+import gzip
+import os
+import subprocess
+import sys
+import time
+
+import chex
+import numpy as np
+import pytest
+
+from zoo.data import cache
+from zoo.data import clear_memory_cache, load, DataNotFoundError
+from zoo.data import ordering
+from zoo.data import sources
+from zoo.data import splits
+
+DEBIAN = "/usr/share/datasets/fashion-mnist"
+pytestmark = pytest.mark.skipif(
+    not os.path.isfile(os.path.join(DEBIAN, "train-images-idx3-ubyte.gz")),
+    reason="needs Fashion-MNIST: apt-get install dataset-fashion-mnist")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def isolated_env(tmp_path_factory):
+  """A private cache and an empty TFDS dir, so only the Debian IDX files count."""
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv("ZOO_CACHE_DIR", str(tmp_path_factory.mktemp("zoo_cache")))
+    mp.setenv("TFDS_DATA_DIR", str(tmp_path_factory.mktemp("empty_tfds")))
+    mp.delenv("ZOO_DATA_DIR", raising=False)
+    clear_memory_cache()
+    yield
+    clear_memory_cache()
+
+
+@pytest.fixture(scope="module")
+def train():
+  return load("fashion_mnist", "train", download=False)
+
+
+@pytest.fixture(scope="module")
+def test_split():
+  return load("fashion_mnist", "test", download=False)
+
+
+def test_counts_shapes_and_values(train, test_split):
+  for split, n, per_class in ((train, 60000, 6000), (test_split, 10000, 1000)):
+    assert len(split) == n
+    chex.assert_shape(split.images, (n, 28, 28, 1))
+    chex.assert_type(split.images, np.uint8)
+    chex.assert_shape(split.labels, (n,))
+    chex.assert_type(split.labels, np.int32)
+    np.testing.assert_array_equal(np.bincount(split.labels, minlength=10),
+                                  [per_class] * 10)
+    assert split.images.min() == 0 and split.images.max() == 255
+    assert split.num_classes == 10 and split.class_names[9] == "Ankle boot"
+    assert split.source == "idx:" + DEBIAN
+    assert not split.images.flags.writeable and not split.labels.flags.writeable
+
+
+def test_order_is_tfds_order(test_split):
+  """IDX examples come reordered exactly as TFDS stores them (md5 key hash)."""
+  raw = np.frombuffer(gzip.open(
+      os.path.join(DEBIAN, "t10k-labels-idx1-ubyte.gz")).read()[8:], np.uint8)
+  np.testing.assert_array_equal(test_split.labels,
+                                raw[ordering.tfds_order("test", 10000)])
+  # First labels of tfds.load("fashion_mnist", split="test") (TFDS 4.9, v3.0.1).
+  np.testing.assert_array_equal(test_split.labels[:10], [4, 4, 9, 7, 5, 1, 0, 5, 7, 4])
+
+
+def test_second_load_uses_disk_cache(train):
+  clear_memory_cache()
+  start = time.perf_counter()
+  again = load("fashion_mnist", "train", download=False)
+  assert time.perf_counter() - start < 1.0
+  np.testing.assert_array_equal(again.images, train.images)
+  np.testing.assert_array_equal(again.labels, train.labels)
+  start = time.perf_counter()
+  load("fashion_mnist", "train", download=False)  # in-process memo
+  assert time.perf_counter() - start < 0.1
+
+
+def test_damaged_cache_entry_is_rebuilt(test_split):
+  key = cache.source_key("fashion_mnist/test/idx", [
+      os.path.join(DEBIAN, f) for f in ("t10k-images-idx3-ubyte.gz",
+                                        "t10k-labels-idx1-ubyte.gz")])
+  entry = os.path.join(cache.entry_dir("fashion_mnist", key), "test.labels.npy")
+  assert os.path.isfile(entry)
+  with open(entry, "wb") as f:
+    f.write(b"garbage")
+  clear_memory_cache()
+  again = load("fashion_mnist", "test", download=False)
+  np.testing.assert_array_equal(again.labels, test_split.labels)
+  assert np.load(entry).shape == (10000,)
+
+
+def test_percent_slices_partition_train(train):
+  head = load("fashion_mnist", "train[:90%]", download=False)
+  tail = load("fashion_mnist", "train[90%:]", download=False)
+  assert (len(head), len(tail)) == (54000, 6000)
+  np.testing.assert_array_equal(np.concatenate([head.labels, tail.labels]),
+                                train.labels)
+  np.testing.assert_array_equal(np.concatenate([head.images, tail.images]),
+                                train.images)
+
+
+def test_absolute_slice_and_concatenation(train, test_split):
+  first = load("fashion_mnist", "train[:1000]", download=False)
+  np.testing.assert_array_equal(first.images, train.images[:1000])
+  both = load("fashion_mnist", "train[-10:]+test[:5]", download=False)
+  np.testing.assert_array_equal(
+      both.labels, np.concatenate([train.labels[-10:], test_split.labels[:5]]))
+
+
+def test_split_parsing_is_tfds(monkeypatch):
+  assert splits.resolve("train[:90%]", {"train": 60000, "test": 10000}) == [
+      ("train", 0, 54000)]
+  assert splits.resolve("test[1%:2%]+train[5:7]", {"train": 60, "test": 300}) == [
+      ("test", 3, 6), ("train", 5, 7)]
+  for bad in ("validation", "train[:200%]", "train[5:5]", "train[::2]"):
+    with pytest.raises(ValueError):
+      splits.resolve(bad, {"train": 60000, "test": 10000})
+
+
+def test_classes_filter_and_relabel(test_split):
+  binary = load("fashion_mnist", "test", classes=(7, 9), download=False)
+  assert len(binary) == 2000
+  assert binary.num_classes == 2
+  assert binary.class_names == ("Sneaker", "Ankle boot")
+  np.testing.assert_array_equal(np.bincount(binary.labels), [1000, 1000])
+  keep = np.isin(test_split.labels, [7, 9])
+  np.testing.assert_array_equal(binary.images, test_split.images[keep])
+  np.testing.assert_array_equal(binary.labels,
+                                np.where(test_split.labels[keep] == 7, 0, 1))
+  reversed_ = load("fashion_mnist", "test", classes=(9, 7), download=False)
+  np.testing.assert_array_equal(reversed_.labels, 1 - binary.labels)
+  for bad in ((), (7, 7), (10,)):
+    with pytest.raises(ValueError):
+      load("fashion_mnist", "test", classes=bad, download=False)
+
+
+def test_missing_data_lists_every_place(tmp_path, monkeypatch):
+  empty_data, empty_zoo, empty_tfds = (tmp_path / n for n in ("d", "z", "t"))
+  for d in (empty_data, empty_zoo, empty_tfds):
+    d.mkdir()
+  monkeypatch.setenv("ZOO_DATA_DIR", str(empty_zoo))
+  monkeypatch.setenv("TFDS_DATA_DIR", str(empty_tfds))
+  with pytest.raises(DataNotFoundError) as e:
+    load("fashion_mnist", "train", data_dir=empty_data, download=False,
+         system_dirs=[str(tmp_path / "no_debian")])
+  msg = str(e.value)
+  assert isinstance(e.value, FileNotFoundError)
+  assert "'fashion_mnist'" in msg
+  for place in (empty_data / "fashion_mnist", empty_data / "fashion-mnist",
+                empty_data, empty_zoo / "fashion_mnist", empty_zoo,
+                tmp_path / "no_debian"):
+    assert f"IDX folder {place}:" in msg
+  assert "missing train-images-idx3-ubyte[.gz]" in msg
+  assert f"TFDS data dir {empty_data / 'fashion_mnist'}" in msg
+  assert "download_and_prepare" in msg and "skipped (download=False)" in msg
+  for hint in ("--data-dir", "ZOO_DATA_DIR", "TFDS_DATA_DIR", "network",
+               "apt-get install dataset-fashion-mnist"):
+    assert hint in msg
+
+
+def test_failed_download_is_reported(tmp_path, monkeypatch):
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+  def offline(name, root):
+    raise ConnectionError("simulated: DNS lookup failed")
+  monkeypatch.setattr(sources.tfds_source, "download_and_prepare", offline)
+  monkeypatch.setattr(sources.tfds_source, "network_problem", lambda name: None)
+  with pytest.raises(DataNotFoundError) as e:
+    load("cifar10", "train")
+  msg = str(e.value)
+  assert f"TFDS data dir {tmp_path / 'cifar10'}" in msg
+  assert "ConnectionError: simulated: DNS lookup failed" in msg
+  assert "not used for cifar10 (TFDS only)" in msg
+  assert "apt-get" not in msg
+
+
+def test_offline_skips_download_without_waiting(tmp_path, monkeypatch):
+  """TFDS would retry ~3.5 min offline; an unreachable host skips it at once."""
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+  def unreachable(address, timeout):
+    raise OSError(f"simulated: {address[0]} unreachable")
+  def must_not_run(name, root):
+    raise AssertionError("download attempted although offline")
+  monkeypatch.setattr(sources.tfds_source.socket, "create_connection", unreachable)
+  monkeypatch.setattr(sources.tfds_source, "download_and_prepare", must_not_run)
+  start = time.perf_counter()
+  with pytest.raises(DataNotFoundError) as e:
+    load("cifar10", "train")
+  assert time.perf_counter() - start < 10
+  assert ("skipped, cannot reach www.cs.toronto.edu (OSError: simulated: "
+          "www.cs.toronto.edu unreachable)") in str(e.value)
+
+
+def test_unknown_dataset():
+  with pytest.raises(ValueError, match="fashion_mnist"):
+    load("imagenet", "train")
+
+
+def test_import_does_not_import_tensorflow():
+  code = ("import sys, zoo.data; "
+          "bad = [m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules]; "
+          "assert not bad, bad")
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  subprocess.run([sys.executable, "-c", code], check=True, cwd=repo)

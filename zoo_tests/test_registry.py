@@ -1,0 +1,276 @@
+"""zoo.registry: names, lookup errors, entries, overrides and zoo.register."""
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import chex
+import zoo
+from zoo import registry
+from zoo.errors import ConfigError, UnknownConfigKeyError, UnknownModelError
+
+EXPECTED = [
+    "cnn_fashion_mnist", "cnn_mnist", "logreg_binary_fashion_mnist",
+    "logreg_fashion_mnist", "logreg_mnist", "mlp_fashion_mnist", "mlp_mnist",
+]
+EXPECTED_DATASETS = {
+    "cnn_fashion_mnist": "fashion_mnist", "cnn_mnist": "mnist",
+    "logreg_binary_fashion_mnist": "fashion_mnist",
+    "logreg_fashion_mnist": "fashion_mnist", "logreg_mnist": "mnist",
+    "mlp_fashion_mnist": "fashion_mnist", "mlp_mnist": "mnist",
+}
+
+
+# -- list_models ---------------------------------------------------------------
+
+def test_list_models_is_sorted_and_complete():
+  names = zoo.list_models()
+  assert names == sorted(names)
+  assert len(names) == len(set(names))
+  for name in EXPECTED:
+    assert name in names
+
+
+def test_list_models_wildcard():
+  fashion = zoo.list_models("*fashion*")
+  assert fashion == sorted(fashion)
+  assert set(fashion) >= {"logreg_fashion_mnist", "mlp_fashion_mnist",
+                          "cnn_fashion_mnist", "logreg_binary_fashion_mnist"}
+  assert all("fashion" in n for n in fashion)
+  assert "mlp_mnist" not in fashion
+  assert zoo.list_models("cnn_*") == [n for n in zoo.list_models()
+                                      if n.startswith("cnn_")]
+  assert zoo.list_models("no_such_thing*") == []
+
+
+# -- unknown names ---------------------------------------------------------------
+
+def test_unknown_model_error_is_key_error_with_suggestions():
+  with pytest.raises(UnknownModelError) as info:
+    zoo.get("cnn_fashon_mnist")
+  err = info.value
+  assert isinstance(err, KeyError)
+  assert isinstance(err, zoo.ZooError)
+  assert err.name == "cnn_fashon_mnist"
+  assert err.suggestions[0] == "cnn_fashion_mnist"
+  msg = str(err)
+  assert "cnn_fashon_mnist" in msg
+  assert "Did you mean: cnn_fashion_mnist" in msg
+  # str() is the message itself, not KeyError's quoted repr.
+  assert not msg.startswith(("'", '"'))
+
+
+def test_unknown_model_is_catchable_as_key_error():
+  with pytest.raises(KeyError):
+    zoo.get("mlp_mnsit")
+  with pytest.raises(UnknownModelError, match="mlp_mnist"):
+    zoo.get("mlp_mnsit")
+
+
+# -- entries ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_entry_fields(name):
+  entry = zoo.get(name)
+  assert isinstance(entry, zoo.ModelEntry)
+  assert entry.name == name
+  assert entry.dataset == EXPECTED_DATASETS[name]
+  assert entry.input_shape == (28, 28, 1)
+  assert isinstance(entry.config, dict)
+  assert entry.config["model"]["arch"] in ("logistic", "mlp", "cnn")
+  assert entry.config["data"]["dataset"] == entry.dataset
+  assert entry.baseline is None  # nothing measured yet (baselines.json is {})
+  assert isinstance(entry.transformed, hk.Transformed)
+  assert callable(entry.transformed.init) and callable(entry.transformed.apply)
+  assert callable(entry.loss)
+  if name == "logreg_binary_fashion_mnist":
+    assert entry.is_binary
+    assert entry.num_classes == 2
+    assert entry.num_outputs == 1
+    assert entry.class_names == ("Sneaker", "Ankle boot")
+  else:
+    assert not entry.is_binary
+    assert entry.num_classes == 10
+    assert entry.num_outputs == 10
+  assert zoo.get(name) is entry  # no overrides: the registered entry itself
+
+
+@pytest.mark.parametrize("name", ["logreg_mnist", "mlp_fashion_mnist",
+                                  "cnn_mnist", "logreg_binary_fashion_mnist"])
+def test_init_apply_with_haiku_signatures(name):
+  entry = zoo.get(name)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (3, *entry.input_shape))
+  params = entry.transformed.init(jax.random.PRNGKey(0), x)
+  # apply(params, rng, x, is_training), positionally and by keyword.
+  out = entry.transformed.apply(params, None, x, False)
+  out_kw = entry.apply(params, jax.random.PRNGKey(2), x, is_training=False)
+  chex.assert_shape(out, (3, entry.num_outputs))
+  chex.assert_type(out, jnp.float32)
+  chex.assert_trees_all_close(out, out_kw)
+  loss = entry.loss(out, jnp.array([0, 1, 0]))
+  chex.assert_shape(loss, ())
+  assert np.isfinite(float(loss))
+
+
+def test_example_input():
+  entry = zoo.get("mlp_mnist")
+  x = entry.example_input(5)
+  chex.assert_shape(x, (5, 28, 28, 1))
+  chex.assert_type(x, jnp.float32)
+
+
+# -- model overrides -------------------------------------------------------------
+
+def test_get_with_overrides_changes_config_and_params():
+  base = zoo.get("mlp_mnist")
+  assert base.param_count() == 235_146
+  entry = zoo.get("mlp_mnist", activation="gelu", hidden_sizes=(512, 256),
+                  initializer="xavier_uniform")
+  model = entry.config["model"]
+  assert model["activation"] == "gelu"
+  assert list(model["hidden_sizes"]) == [512, 256]
+  assert model["initializer"] == "xavier_uniform"
+  assert entry.param_count() == (784 * 512 + 512) + (512 * 256 + 256) + (
+      256 * 10 + 10)
+  params = jax.eval_shape(entry.init, jax.random.PRNGKey(0),
+                          entry.example_input())
+  chex.assert_shape(params["mlp_classifier/~/mlp/~/linear_0"]["w"], (784, 512))
+  # The registered entry is untouched.
+  assert base.config["model"]["activation"] == "relu"
+  assert list(base.config["model"]["hidden_sizes"]) == [256, 128]
+  assert zoo.get("mlp_mnist").param_count() == 235_146
+
+
+def test_override_activation_changes_outputs():
+  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 28, 28, 1))
+  relu = zoo.get("mlp_mnist")
+  gelu = zoo.get("mlp_mnist", activation="gelu")
+  params = relu.init(jax.random.PRNGKey(0), x)
+  out_relu = relu.apply(params, None, x)
+  out_gelu = gelu.apply(params, None, x)
+  assert not np.allclose(out_relu, out_gelu)
+
+
+def test_cnn_override_param_count():
+  entry = zoo.get("cnn_mnist", channels=(16, 32), hidden_size=64)
+  expected = (9 * 1 * 16 + 16) + (9 * 16 * 32 + 32) + (7 * 7 * 32 * 64 + 64) + (
+      64 * 10 + 10)
+  assert entry.param_count() == expected
+
+
+def test_misspelled_override_key():
+  with pytest.raises(UnknownConfigKeyError) as info:
+    zoo.get("mlp_mnist", activaton="gelu")
+  assert isinstance(info.value, KeyError)
+  assert isinstance(info.value, ConfigError)
+  assert "activaton" in str(info.value)
+  assert "model.activation" in info.value.suggestions
+
+
+def test_override_wrong_type():
+  with pytest.raises(ConfigError, match="hidden_sizes"):
+    zoo.get("mlp_mnist", hidden_sizes="big")
+
+
+def test_override_bad_activation_fails_when_built():
+  entry = zoo.get("mlp_mnist", activation="gleu")
+  with pytest.raises(ConfigError, match="gelu"):
+    entry.init(jax.random.PRNGKey(0), entry.example_input())
+
+
+# -- check_images ----------------------------------------------------------------
+
+def test_check_images():
+  registry.check_images(jnp.zeros((2, 28, 28, 1)), (28, 28, 1))
+  with pytest.raises(zoo.InputError, match="NHWC"):
+    registry.check_images(jnp.zeros((28, 28, 1)), (28, 28, 1))
+  with pytest.raises(zoo.InputError, match=r"\(2, 1, 28, 28\)"):
+    registry.check_images(jnp.zeros((2, 1, 28, 28)), (28, 28, 1))
+  with pytest.raises(zoo.InputError, match="uint8"):
+    registry.check_images(jnp.zeros((2, 28, 28, 1), jnp.uint8), (28, 28, 1))
+  with pytest.raises(zoo.InputError, match="array"):
+    registry.check_images([[0.0]], (28, 28, 1))
+
+
+# -- zoo.register ----------------------------------------------------------------
+
+class _Tiny(hk.Module):
+
+  def __init__(self, num_outputs, width):
+    super().__init__(name="tiny")
+    self.num_outputs, self.width = num_outputs, width
+
+  def __call__(self, x, is_training=False):
+    x = hk.Flatten()(x)
+    x = jax.nn.relu(hk.Linear(self.width)(x))
+    return hk.Linear(self.num_outputs)(x)
+
+
+@pytest.fixture
+def tiny_model():
+  name = "zz_test_tiny_mlp"
+
+  @zoo.register(name, dataset="fashion_mnist",
+                config={"train": {"epochs": 2}, "description": "test model"})
+  def tiny(num_outputs, width=8):
+    return _Tiny(num_outputs, width)
+
+  yield name
+  registry.unregister(name)
+
+
+def test_register_adds_model(tiny_model):
+  assert tiny_model in zoo.list_models()
+  assert tiny_model in zoo.list_models("*tiny*")
+  assert zoo.list_models() == sorted(zoo.list_models())
+  entry = zoo.get(tiny_model)
+  assert entry.dataset == "fashion_mnist"
+  assert entry.config["train"]["epochs"] == 2
+  assert entry.config["model"] == {"arch": tiny_model, "width": 8}
+  assert entry.baseline is None
+  x = jax.random.uniform(jax.random.PRNGKey(0), (4, 28, 28, 1))
+  params = entry.init(jax.random.PRNGKey(1), x)
+  out = entry.apply(params, None, x, False)
+  chex.assert_shape(out, (4, 10))
+  assert entry.param_count() == 784 * 8 + 8 + 8 * 10 + 10
+  wide = zoo.get(tiny_model, width=16)
+  assert wide.param_count() == 784 * 16 + 16 + 16 * 10 + 10
+  with pytest.raises(UnknownConfigKeyError, match="widht"):
+    zoo.get(tiny_model, widht=16)
+
+
+def test_register_twice_is_an_error(tiny_model):
+  with pytest.raises(ConfigError, match="already registered"):
+    zoo.register(tiny_model, dataset="mnist")(lambda n: _Tiny(n, 4))
+
+
+def test_register_cannot_replace_builtin():
+  with pytest.raises(ConfigError, match="already registered"):
+    zoo.register("mlp_mnist", dataset="mnist")(lambda n: _Tiny(n, 4))
+  # Nor may it hijack a built-in architecture name used by other models.
+  with pytest.raises(ConfigError, match="already registered"):
+    zoo.register("cnn", dataset="mnist")(lambda n: _Tiny(n, 4))
+  assert zoo.get("cnn_mnist").param_count() == 421_642
+  assert "cnn" in registry.architectures()
+
+
+def test_register_bad_config_leaves_nothing_behind():
+  name = "zz_test_bad_dataset"
+  with pytest.raises(ConfigError, match="mnist"):
+    zoo.register(name, dataset="mnsit")(lambda n: _Tiny(n, 4))
+  assert name not in zoo.list_models()
+  assert name not in registry.architectures()
+  try:  # the name is free again once the mistake is fixed
+    zoo.register(name, dataset="mnist")(lambda n, width=4: _Tiny(n, width))
+    assert name in zoo.list_models()
+  finally:
+    registry.unregister(name)
+
+
+def test_unregister_removes(tiny_model):
+  registry.unregister(tiny_model)
+  assert tiny_model not in zoo.list_models()
+  with pytest.raises(UnknownModelError):
+    zoo.get(tiny_model)
+  registry.unregister(tiny_model)  # idempotent
