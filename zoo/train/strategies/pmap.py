@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from zoo.train.strategies.base import Strategy, as_int32, host_copy, make_runners
+from zoo.train.strategies.base import Strategy, as_int32, make_runners
 
 
 class PmapStrategy(Strategy):
@@ -20,14 +20,17 @@ class PmapStrategy(Strategy):
 
   def __init__(self, devices=None):
     super().__init__(devices)
-    self._sharding = NamedSharding(Mesh(np.array(self.devices), ("device",)),
-                                   P("device"))
+    # Across processes, arrays are global: one slot per device of the job.
+    self._all_devices = (self.devices if self.process_count == 1
+                         else jax.devices())
+    self._sharding = NamedSharding(
+        Mesh(np.array(self._all_devices), ("device",)), P("device"))
 
   def _put_shards(self, shards) -> jax.Array:
-    """One array with a leading device axis, shard i on local device i."""
+    """An array with a leading device axis; shard i on local device i."""
     shards = [np.asarray(s)[None] for s in shards]
     return jax.make_array_from_single_device_arrays(
-        (len(shards), *shards[0].shape[1:]), self._sharding,
+        (len(self._all_devices), *shards[0].shape[1:]), self._sharding,
         [jax.device_put(s, d) for s, d in zip(shards, self.devices)])
 
   def _replicate(self, tree):
@@ -41,7 +44,7 @@ class PmapStrategy(Strategy):
     return self._replicate(state)
 
   def get_state(self, state):
-    return host_copy(jax.tree.map(lambda x: x[0], state))
+    return jax.tree.map(_first_local, state)
 
   def put_indices(self, idx_rows):
     rows = self.local_rows(as_int32(idx_rows))            # (S, B/P)
@@ -52,10 +55,18 @@ class PmapStrategy(Strategy):
 
   def compile(self, train_step):
     run_one, run_scan = make_runners(train_step)
-    return (jax.pmap(run_one, axis_name=self.axis_name, devices=self.devices,
+    # Across processes pmap must span every process's devices (devices=None);
+    # in one process it may use a subset (--devices N).
+    devices = self.devices if self.process_count == 1 else None
+    return (jax.pmap(run_one, axis_name=self.axis_name, devices=devices,
                      in_axes=(0, 0, 0, 0, None), donate_argnums=0),
-            jax.pmap(run_scan, axis_name=self.axis_name, devices=self.devices,
+            jax.pmap(run_scan, axis_name=self.axis_name, devices=devices,
                      donate_argnums=0))
 
   def host_metrics(self, metrics):
-    return {k: np.asarray(jax.device_get(v))[0] for k, v in metrics.items()}
+    return {k: _first_local(v) for k, v in metrics.items()}
+
+
+def _first_local(x: jax.Array) -> np.ndarray:
+  """This process's first device's copy of a device-stacked array."""
+  return np.asarray(x.addressable_data(0))[0]
