@@ -87,11 +87,8 @@ _EXTRA_COMMANDS = []  # filled by the train/eval/baselines modules
 
 
 def _register_extra_commands() -> None:
-  try:
-    from zoo.train import cli_commands
-  except ImportError:
-    return
-  _EXTRA_COMMANDS[:] = cli_commands.COMMANDS
+  from zoo.train import baselines, cli_commands
+  _EXTRA_COMMANDS[:] = [*cli_commands.COMMANDS, baselines.add_command]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
