@@ -9,18 +9,13 @@ Importing zoo does no device work; everything heavy is imported on use.
 from zoo.errors import (ConfigError, InputError, UnknownConfigKeyError,
                         UnknownModelError, ZooError)
 from zoo.registry import ModelEntry, get, list_models, register
+from zoo import train  # a callable package: zoo.train(name, **overrides)
 
 __version__ = "0.1.0"
 
 __all__ = ["get", "list_models", "register", "train", "evaluate",
            "ModelEntry", "ZooError", "ConfigError", "InputError",
            "UnknownConfigKeyError", "UnknownModelError"]
-
-
-def train(name: str, **overrides):
-  """Trains registered model `name`; see zoo.train.loop.train."""
-  from zoo.train.loop import train as _train
-  return _train(name, **overrides)
 
 
 def evaluate(name: str, params, state=None, **kwargs):

@@ -76,6 +76,9 @@ class ModelEntry:
   name: str
   config: dict[str, Any]
   baseline: dict[str, Any] | None = None
+  # Set by zoo.get(name, pretrained=True): the shipped seed-0 weights.
+  params: Any = dataclasses.field(default=None, repr=False, compare=False)
+  model_state: Any = dataclasses.field(default=None, repr=False, compare=False)
 
   @property
   def arch(self) -> str:

@@ -35,7 +35,8 @@ def test_list_pattern(capsys):
   code, out, _ = _run(capsys, "list", "*cnn*")
   assert code == 0
   names = [line.split()[0] for line in out.strip().splitlines()]
-  assert names == ["cnn_fashion_mnist", "cnn_mnist"]
+  assert names == sorted(names) and all("cnn" in n for n in names)
+  assert {"cnn_fashion_mnist", "cnn_mnist"} <= set(names)
   code, out, _ = _run(capsys, "list", "*fashion*")
   names = [line.split()[0] for line in out.strip().splitlines()]
   assert names == zoo.list_models("*fashion*")

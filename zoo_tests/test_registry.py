@@ -80,7 +80,11 @@ def test_entry_fields(name):
   assert isinstance(entry.config, dict)
   assert entry.config["model"]["arch"] in ("logistic", "mlp", "cnn")
   assert entry.config["data"]["dataset"] == entry.dataset
-  assert entry.baseline is None  # nothing measured yet (baselines.json is {})
+  # Measured here: the Fashion-MNIST family; MNIST cannot be reached here.
+  if entry.dataset == "mnist":
+    assert entry.baseline is None
+  else:
+    assert entry.baseline is None or 0.5 < entry.baseline["test_accuracy_mean"] <= 1
   assert isinstance(entry.transformed, hk.Transformed)
   assert callable(entry.transformed.init) and callable(entry.transformed.apply)
   assert callable(entry.loss)

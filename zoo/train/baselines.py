@@ -29,12 +29,17 @@ def measure(name: str, seeds: int = 3, *, data_dir: str | None = None,
   """Trains `name` once per seed (0..seeds-1) and summarises the results."""
   from zoo.train.loop import train
   entry = registry.get(name)
+  from zoo import pretrained
+  from zoo.train import weights
   results = []
   for seed in range(seeds):
     workdir = Path(runs_dir) / name / f"seed{seed}"
     out = train(entry, workdir=workdir, data_dir=data_dir, progress=False,
                 resume=False, seed=seed)
     results.append(out.result)
+    if seed == 0:  # ship seed 0's weights with the package
+      shipped = weights.save(pretrained.path(name), out.params,
+                             out.model_state)
   curve = Path(runs_dir) / name / "seed0" / "learning_curve.png"
   if curve.exists():
     CURVES_DIR.mkdir(parents=True, exist_ok=True)
@@ -59,6 +64,11 @@ def measure(name: str, seeds: int = 3, *, data_dir: str | None = None,
       "machine": f"{platform.machine()}, {os.cpu_count()} cores",
       "versions": first["versions"],
       "params_sha256_seed0": first["params_sha256"],
+      "pretrained": {"file": f"zoo/pretrained/{name}.npz",
+                     "sha256": pretrained.sha256(shipped),
+                     "seed": 0,
+                     "test_accuracy": first["test_accuracy"],
+                     "test_loss": first["test_loss"]},
       "config": first["config"],
       "command": command(name, seeds),
       "date": datetime.date.today().isoformat(),

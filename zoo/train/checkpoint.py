@@ -5,7 +5,8 @@ the state by its tree path, saved with numpy and read with
 allow_pickle=False), `meta.json` (step, epoch position, config, versions) and
 `sha256.json` (digest of both files). It is written under a temporary name
 and renamed into place, so a crash never leaves a half-written checkpoint
-visible; the newest K are kept. Loading checks the digests and the tree
+visible (leftover temporary directories of a killed save are removed by the
+next save); the newest K are kept. Loading checks the digests and the tree
 structure, shapes and dtypes against the model before using anything.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from zoo.errors import ZooError
 log = logging.getLogger("zoo.checkpoint")
 
 ARRAYS, META, DIGESTS = "arrays.npz", "meta.json", "sha256.json"
+_TMP_PREFIX = ".tmp_step_"
 
 
 class CheckpointError(ZooError, ValueError):
@@ -90,11 +93,21 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         "pickles are refused because loading one can run arbitrary code).")
   try:
     with np.load(path, allow_pickle=False) as z:
-      return {k: z[k] for k in z.files}
+      if not isinstance(z, np.lib.npyio.NpzFile):
+        raise CheckpointError(f"{path} is not an .npz archive.")
+      out = {k: z[k] for k in z.files}
   except ValueError as e:  # "Object arrays cannot be loaded when allow_pickle=False"
+    if isinstance(e, CheckpointError):
+      raise
     raise CheckpointError(f"{path}: refused: {e}") from None
-  except (OSError, zipfile.BadZipFile, EOFError) as e:
+  except (OSError, zipfile.BadZipFile, EOFError, zlib.error, KeyError,
+          NotImplementedError) as e:
     raise CheckpointError(f"{path} is corrupt: {e}") from None
+  for key, a in out.items():  # members that are not .npy come back as bytes
+    if not isinstance(a, np.ndarray) or a.dtype.hasobject:
+      raise CheckpointError(f"{path}: refused: member {key!r} is not a plain "
+                            "numeric array.")
+  return out
 
 
 def _fsync_dir(path: Path) -> None:
@@ -130,11 +143,27 @@ class CheckpointManager:
   def path(self, step: int) -> Path:
     return self.directory / f"step_{step:09d}"
 
+  def _remove_leftovers(self, step: int) -> None:
+    """Removes what a killed save left behind, and checkpoints newer than
+    `step`: a run saving `step` resumed from before them because they were
+    damaged, and must not find them again (nor keep them over good ones)."""
+    for p in self.directory.iterdir():
+      if p.name.startswith(_TMP_PREFIX):
+        shutil.rmtree(p, ignore_errors=True)
+    for newer in self.steps():
+      if newer > step:
+        log.warning("removing checkpoint %s: it is newer than the step being "
+                    "saved (%d), so the run resumed from before it",
+                    self.path(newer), step)
+        shutil.rmtree(self.path(newer), ignore_errors=True)
+
   def save(self, step: int, tree, meta: dict[str, Any]) -> Path:
     """Atomically writes checkpoint `step` and prunes old ones."""
     self.directory.mkdir(parents=True, exist_ok=True)
+    self._remove_leftovers(step)
     final = self.path(step)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp_step_{step}_", dir=self.directory))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{step}_",
+                                dir=self.directory))
     try:
       write_npz(tmp / ARRAYS, flatten(tree))
       (tmp / META).write_text(json.dumps({**meta, "step": step}, indent=1,
@@ -144,13 +173,18 @@ class CheckpointManager:
       for name in (ARRAYS, META, DIGESTS):
         with (tmp / name).open("rb") as f:
           os.fsync(f.fileno())
-      if final.exists():
-        shutil.rmtree(final)
+      old = None
+      if final.exists():  # the same step again: move the old one aside first
+        old = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{step}_old_",
+                                    dir=self.directory))
+        os.replace(final, old / "ckpt")
       os.replace(tmp, final)
       _fsync_dir(self.directory)
     except BaseException:
       shutil.rmtree(tmp, ignore_errors=True)
       raise
+    if old is not None:
+      shutil.rmtree(old, ignore_errors=True)
     for old in self.steps()[:-self.keep]:
       shutil.rmtree(self.path(old), ignore_errors=True)
     return final
@@ -162,6 +196,8 @@ class CheckpointManager:
       digests = json.loads((path / DIGESTS).read_text())
     except (OSError, ValueError) as e:
       raise CheckpointError(f"{path}: no readable integrity record ({e})") from None
+    if not isinstance(digests, dict):
+      raise CheckpointError(f"{path}/{DIGESTS} is not an integrity record.")
     for name in (ARRAYS, META):
       if not (path / name).is_file() or _sha256(path / name) != digests.get(name):
         raise CheckpointError(f"{path}/{name} does not match its sha256: "
@@ -172,7 +208,10 @@ class CheckpointManager:
     self.verify(step)
     path = self.path(step)
     arrays = read_npz(path / ARRAYS)
-    meta = json.loads((path / META).read_text())
+    try:
+      meta = json.loads((path / META).read_text())
+    except ValueError as e:
+      raise CheckpointError(f"{path}/{META} is not valid JSON: {e}") from None
     return unflatten(template, arrays, str(path)), meta
 
   def restore_latest(self, template) -> tuple[Any, dict[str, Any]] | None:
@@ -187,6 +226,7 @@ class CheckpointManager:
         log.warning("skipping checkpoint: %s", e)
         errors.append(str(e))
     if steps:
-      raise CheckpointError("no usable checkpoint in "
-                            f"{self.directory}: " + "; ".join(errors))
+      raise CheckpointError(
+          f"no usable checkpoint in {self.directory} (" + "; ".join(errors)
+          + "). Delete that directory (or use a new --workdir) to start over.")
     return None

@@ -103,18 +103,40 @@ def _add_eval(sub) -> None:
   p.set_defaults(func=run_eval)
 
 
+def _flat_overrides(cfg: dict, prefix: str = "") -> dict:
+  """A resolved config as dotted-key overrides ({"train.epochs": 2, ...})."""
+  out = {}
+  for key, value in cfg.items():
+    if isinstance(value, dict):
+      out.update(_flat_overrides(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
 def run_eval(args: argparse.Namespace) -> int:
+  """Evaluates --weights, or the newest good checkpoint of --workdir. With
+  --workdir the run's own resolved config is used (model settings, test
+  split, classes, eval batch), so the accuracy is result.json's."""
   from zoo import registry
   from zoo.train import weights
   from zoo.train.evaluate import evaluate_model
   entry = registry.get(args.name)
-  if args.weights:
-    params, model_state = weights.load(entry, args.weights)
-  elif args.workdir:
-    params, model_state = weights.from_workdir(entry, args.workdir)
-  else:
+  if not args.weights and not args.workdir:
     raise config_lib.ConfigError("zoo eval needs --workdir DIR or "
                                  "--weights FILE.")
+  if args.workdir:
+    cfg = weights.run_config(args.workdir)
+    if cfg.get("name") and cfg["name"] != entry.name:
+      raise config_lib.ConfigError(
+          f"{args.workdir} holds a run of {cfg['name']!r}, not "
+          f"{entry.name!r}: run `zoo eval {cfg['name']} --workdir "
+          f"{args.workdir}`.")
+    entry = registry.with_config(entry, _flat_overrides(cfg))
+  if args.weights:
+    params, model_state = weights.load(entry, args.weights)
+  else:
+    params, model_state = weights.from_workdir(entry, args.workdir)
   res = evaluate_model(entry, params, model_state, data_dir=args.data_dir,
                        split=args.split)
   print(json.dumps(res, indent=1))

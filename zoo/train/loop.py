@@ -82,13 +82,29 @@ def choose_loop(requested: str, params, platform: str) -> str:
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag checked at step boundaries."""
+  """Turns SIGTERM into a stop at a step boundary; `check()` is called after
+  every step (Python loop) or every chunk (scan loop).
+
+  One process: a SIGTERM handler sets a flag. Several processes
+  (jax.distributed): hosts may get SIGTERM at different steps, and one that
+  stopped alone would hang the others in their next collective, so the
+  decision comes from JAX's preemption service instead, which hears SIGTERM
+  itself and makes every host stop at the same sync point
+  (`multihost_utils.reached_preemption_sync_point`, given the same call
+  counter on every host, since all hosts run the same loop). Without that
+  service (jax_enable_preemption_service=False) SIGTERM keeps its default
+  action and the run resumes from its last periodic checkpoint.
+  """
 
   def __init__(self):
     self.requested = False
     self._old = None
+    self._multihost = jax.process_count() > 1
+    self._calls = 0
 
   def __enter__(self):
+    if self._multihost:
+      return self  # the preemption service handles SIGTERM
     try:
       self._old = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread
@@ -97,6 +113,20 @@ class _Preemption:
 
   def _handle(self, signum, frame):
     self.requested = True
+
+  def check(self) -> bool:
+    """True once the run should save and stop (the same on every host)."""
+    if self._multihost and self._calls >= 0:
+      self._calls += 1
+      try:
+        from jax.experimental import multihost_utils
+        if multihost_utils.reached_preemption_sync_point(self._calls):
+          self.requested = True
+      except Exception as e:  # pylint: disable=broad-except
+        self._calls = -1  # unavailable: stop asking
+        log.warning("multi-host preemption sync is unavailable (%s); on "
+                    "SIGTERM the run resumes from its last checkpoint.", e)
+    return self.requested
 
   def __exit__(self, *exc):
     if self._old is not None:
@@ -116,6 +146,24 @@ def _write_json(path: Path, obj) -> None:
   tmp = path.with_suffix(path.suffix + ".tmp")
   tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
   os.replace(tmp, path)
+
+
+# Settings that do not change the trained numbers: a resumed run may differ.
+_RESUME_FREE = {("train", "checkpoint_every"), ("train", "keep_checkpoints")}
+
+
+def _config_changes(saved: dict, cfg: dict, prefix=()) -> list[str]:
+  """Dotted keys whose values differ between a checkpoint's config and
+  this run's (settings in _RESUME_FREE excepted)."""
+  out = []
+  for key in sorted(set(saved) | set(cfg)):
+    path = (*prefix, key)
+    a, b = saved.get(key), cfg.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += _config_changes(a, b, path)
+    elif a != b and path not in _RESUME_FREE:
+      out.append(".".join(path))
+  return out
 
 
 def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
@@ -163,6 +211,7 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
   history: list[dict[str, Any]] = []
 
   manager = None
+  resumed_meta: dict[str, Any] = {}
   if workdir is not None:
     workdir.mkdir(parents=True, exist_ok=True)
     manager = ckpt_lib.CheckpointManager(workdir / "checkpoints",
@@ -172,11 +221,14 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
     restored = manager.restore_latest(host_state) if resume else None
     if restored is not None:
       host_state, meta = restored
-      if meta.get("config") != cfg:
+      changed = _config_changes(meta.get("config") or {}, cfg)
+      if changed:
         raise ZooError(
-            f"{workdir} holds a run with a different config; use a new "
-            "--workdir, or delete its checkpoints/ to start over.")
+            f"{workdir} holds a run with a different config (changed: "
+            f"{', '.join(changed[:5])}); re-run with the same settings, use "
+            "a new --workdir, or delete its checkpoints/ to start over.")
       history = meta.get("history", [])
+      resumed_meta = meta
       log.info("resumed from step %d", int(host_state.step))
 
   loop_kind = choose_loop(tcfg["loop"], host_state.params,
@@ -195,6 +247,11 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
     step = int(state_host.step)
     meta = {"config": cfg, "history": history, "epoch": step // steps_per_epoch,
             "step_in_epoch": step % steps_per_epoch,
+            # Running sums of the unfinished epoch, so that a resumed run
+            # reports the same epoch train loss/accuracy.
+            "epoch_partial": ({"loss": ep_loss, "accuracy": ep_acc,
+                               "steps": ep_steps}
+                              if step % steps_per_epoch else None),
             "params_sha256": params_sha256(state_host.params),
             "versions": _versions()}
     if is_main:
@@ -222,7 +279,10 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
   if step >= total_steps and history:
     log.info("already trained to step %d", step)
   ckpt_every = tcfg["checkpoint_every"]
-  last_ckpt = None
+  # The checkpoint we resumed from is the last good one until we write another.
+  last_ckpt = (str(manager.path(int(resumed_meta["step"])))
+               if resumed_meta.get("step") is not None else None)
+  ep_loss, ep_acc, ep_steps = 0.0, 0.0, 0
   train_seconds = 0.0
   images_seen = 0
   bar = None
@@ -237,6 +297,10 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
       rows_all = data.epoch_indices(tcfg["seed"], epoch, n_train, batch)
       rows_dev = None
       ep_loss, ep_acc, ep_steps = 0.0, 0.0, 0
+      partial = resumed_meta.pop("epoch_partial", None)
+      if offset and partial and resumed_meta.get("step") == step:
+        ep_loss, ep_acc = partial["loss"], partial["accuracy"]
+        ep_steps = partial["steps"]
       ep_seconds, ep_images = 0.0, 0
       while offset < steps_per_epoch:
         # A chunk runs to the next checkpoint step or the end of the epoch.
@@ -245,13 +309,15 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
           end = min(end, (step // ckpt_every + 1) * ckpt_every
                     - epoch * steps_per_epoch)
         metrics_list = []
-        t = time.perf_counter()
         if loop_kind == "scan":
           rows = strat.put_indices(rows_all[offset:end])
-          state, metrics = scan_fn(end - offset, rows)(state, images, labels,
-                                                       rows)
+          run_chunk = scan_fn(end - offset, rows)  # compiled outside timing
+        t = time.perf_counter()
+        if loop_kind == "scan":
+          state, metrics = run_chunk(state, images, labels, rows)
           metrics_list.append(metrics)
           done = end - offset
+          preempt.check()  # SIGTERM is seen at chunk ends
         else:
           if rows_dev is None:
             rows_dev = strat.put_indices(rows_all)
@@ -266,7 +332,7 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
               bar.update(50)
               bar.set_postfix(loss=f"{float(m['loss']):.4f}",
                               acc=f"{float(m['accuracy']):.3f}")
-            if preempt.requested:
+            if preempt.check():  # SIGTERM is seen after every step
               break
         host_metrics = [strat.host_metrics(m) for m in metrics_list]
         elapsed = time.perf_counter() - t
@@ -274,8 +340,11 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
         ep_images += done * batch
         losses = np.concatenate([np.ravel(m["loss"]) for m in host_metrics])
         accs = np.concatenate([np.ravel(m["accuracy"]) for m in host_metrics])
-        ep_loss += float(losses.sum())
-        ep_acc += float(accs.sum())
+        # Summed one step at a time, so that the totals do not depend on how
+        # steps were split into chunks (a resumed run reports the same).
+        for loss_i, acc_i in zip(losses.tolist(), accs.tolist()):
+          ep_loss += loss_i
+          ep_acc += acc_i
         ep_steps += len(losses)
         offset += done
         step += done
@@ -291,15 +360,17 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
           if bar is not None:
             bar.close()
           raise NonFiniteError(nonfinite, last_ckpt)
+        # At the end of an epoch the save (with that epoch's metrics) is
+        # below, after the evaluation; here only mid-epoch ones.
         at_ckpt = ckpt_every and step % ckpt_every == 0
-        if preempt.requested or (at_ckpt and step < total_steps):
+        if offset < steps_per_epoch and (preempt.requested or at_ckpt):
           state_host = strat.get_state(state)
           last_ckpt = save(state_host) or last_ckpt
-        if preempt.requested:
-          if bar is not None:
-            bar.close()
-          raise Preempted(f"SIGTERM: saved step {step} to {last_ckpt}; "
-                          "re-run the same command to resume.")
+          if preempt.requested:
+            if bar is not None:
+              bar.close()
+            raise Preempted(f"SIGTERM: saved step {step} to {last_ckpt}; "
+                            "re-run the same command to resume.")
       train_seconds += ep_seconds
       images_seen += ep_images
       state_host = strat.get_state(state)
@@ -309,7 +380,8 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
              "train_accuracy": ep_acc / max(ep_steps, 1),
              "test_loss": ev["loss"], "test_accuracy": ev["accuracy"],
              "images_per_second": ep_images / max(ep_seconds, 1e-9),
-             "seconds": ep_seconds}
+             "seconds": ep_seconds,
+             "wall_seconds": time.perf_counter() - t_start}
       history.append(row)
       if bar is not None:
         bar.write(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f} "
@@ -320,8 +392,14 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
         tmp = workdir / "metrics.jsonl.tmp"
         tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
         os.replace(tmp, workdir / "metrics.jsonl")
-      if step >= total_steps or (ckpt_every and step % ckpt_every == 0):
+      if (step >= total_steps or preempt.requested
+          or (ckpt_every and step % ckpt_every == 0)):
         last_ckpt = save(state_host) or last_ckpt
+      if preempt.requested and step < total_steps:
+        if bar is not None:
+          bar.close()
+        raise Preempted(f"SIGTERM: saved step {step} to {last_ckpt}; "
+                        "re-run the same command to resume.")
   if bar is not None:
     bar.close()
 

@@ -6,6 +6,8 @@ whatever its name, is refused without being executed.
 """
 from __future__ import annotations
 
+import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -14,6 +16,8 @@ import jax
 import numpy as np
 
 from zoo.train import checkpoint as ckpt_lib
+
+log = logging.getLogger("zoo.checkpoint")
 
 
 def template(entry):
@@ -43,42 +47,64 @@ def save(path: str | os.PathLike, params, model_state=None) -> Path:
   return path
 
 
-def load(entry, path: str | os.PathLike):
-  """(params, model_state) for `entry` from a weights .npz, verified."""
-  path = Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"weights file {path} does not exist.")
-  arrays = ckpt_lib.read_npz(path)
+def _params_and_state(entry, arrays, where: str):
+  """Checks `arrays` (a weights file's, or a checkpoint's arrays.npz, whose
+  keys start with ".params") against `entry` and rebuilds both trees."""
+  ckpt = any(k.startswith(".params") for k in arrays)
+  p_prefix, s_prefix = ((".params", ".model_state") if ckpt
+                        else ("params", "model_state"))
   params_t, state_t = template(entry)
   params = ckpt_lib.unflatten(
-      params_t, {k[len("params"):]: v for k, v in arrays.items()
-                 if k.startswith("params")}, str(path))
+      params_t, {k[len(p_prefix):]: v for k, v in arrays.items()
+                 if k.startswith(p_prefix)}, where)
   model_state = ckpt_lib.unflatten(
-      state_t, {k[len("model_state"):]: v for k, v in arrays.items()
-                if k.startswith("model_state")}, str(path))
+      state_t, {k[len(s_prefix):]: v for k, v in arrays.items()
+                if k.startswith(s_prefix)}, where)
   return params, model_state
 
 
-def from_workdir(entry, workdir: str | os.PathLike):
-  """(params, model_state) from the newest good checkpoint of a run."""
+def load(entry, path: str | os.PathLike):
+  """(params, model_state) for `entry` from a weights .npz (or a
+  checkpoint's arrays.npz), verified."""
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"weights file {path} does not exist.")
+  return _params_and_state(entry, ckpt_lib.read_npz(path), str(path))
+
+
+def _newest_good(workdir: str | os.PathLike):
+  """(checkpoint path, its meta) of the newest checkpoint that verifies."""
   manager = ckpt_lib.CheckpointManager(Path(workdir) / "checkpoints")
   steps = manager.steps()
   if not steps:
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train "
-                            f"first (zoo train {entry.name} --workdir "
-                            f"{workdir}).")
-  params_t, state_t = template(entry)
+                            f"first (zoo train NAME --workdir {workdir}).")
+  errors = []
   for step in reversed(steps):
     try:
       manager.verify(step)
-    except ckpt_lib.CheckpointError:
+      meta = json.loads((manager.path(step) / ckpt_lib.META).read_text())
+    except (ckpt_lib.CheckpointError, ValueError) as e:
+      log.warning("skipping checkpoint: %s", e)
+      errors.append(str(e))
       continue
-    arrays = ckpt_lib.read_npz(manager.path(step) / ckpt_lib.ARRAYS)
-    params = ckpt_lib.unflatten(
-        params_t, {k[len(".params"):]: v for k, v in arrays.items()
-                   if k.startswith(".params")}, str(manager.path(step)))
-    model_state = ckpt_lib.unflatten(
-        state_t, {k[len(".model_state"):]: v for k, v in arrays.items()
-                  if k.startswith(".model_state")}, str(manager.path(step)))
-    return params, model_state
-  raise ckpt_lib.CheckpointError(f"every checkpoint in {workdir} is damaged.")
+    return manager.path(step), meta
+  raise ckpt_lib.CheckpointError(f"every checkpoint in {workdir} is damaged: "
+                                 + "; ".join(errors))
+
+
+def run_config(workdir: str | os.PathLike) -> dict:
+  """The resolved config a run in `workdir` was trained with (from its
+  newest good checkpoint)."""
+  _, meta = _newest_good(workdir)
+  if not isinstance(meta.get("config"), dict):
+    raise ckpt_lib.CheckpointError(f"the checkpoints in {workdir} hold no "
+                                   "config.")
+  return meta["config"]
+
+
+def from_workdir(entry, workdir: str | os.PathLike):
+  """(params, model_state) from the newest good checkpoint of a run."""
+  path, _ = _newest_good(workdir)
+  return _params_and_state(entry, ckpt_lib.read_npz(path / ckpt_lib.ARRAYS),
+                           str(path))

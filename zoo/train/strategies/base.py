@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoo.data.pipeline import to_float
+from zoo.errors import ConfigError
 
 
 def make_runners(train_step: Callable[..., Any]):
@@ -60,7 +61,7 @@ class Strategy(abc.ABC):
 
   def check_batch(self, global_batch: int) -> None:
     if global_batch % self.num_devices:
-      raise ValueError(
+      raise ConfigError(
           f"the global batch {global_batch} does not split evenly over "
           f"{self.num_devices} devices; pick a batch size divisible by "
           f"{self.num_devices} (--batch-size) or change --devices.")
