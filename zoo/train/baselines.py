@@ -85,6 +85,16 @@ def record(name: str, baseline: dict[str, Any]) -> None:
   os.replace(tmp, path)
 
 
+def _available(dataset: str) -> bool:
+  """Whether `dataset` can be loaded on this machine without a download."""
+  from zoo import data
+  try:
+    data.load(dataset, "test", download=False)
+    return True
+  except (data.DataNotFoundError, data.CorruptDataError):
+    return False
+
+
 def table(baselines: dict[str, Any], names: list[str]) -> str:
   """The README's Markdown table, one row per registered model."""
   rows = ["| model | test accuracy (mean ± std) | test loss | seeds | epochs "
@@ -93,8 +103,10 @@ def table(baselines: dict[str, Any], names: list[str]) -> str:
   for name in names:
     b = baselines.get(name)
     if not b:
-      rows.append(f"| `{name}` | not measured here | | | | | | "
-                  f"`{command(name, 3)}` (needs its dataset) | |")
+      dataset = registry.get(name).dataset
+      why = ("not measured yet" if _available(dataset) else
+             f"not measured here ({dataset} is not reachable here)")
+      rows.append(f"| `{name}` | {why} | | | | | | `{command(name, 3)}` | |")
       continue
     curve = (f"[png](docs/baselines/{name}.png)"
              if (CURVES_DIR / f"{name}.png").exists() else "")

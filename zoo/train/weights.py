@@ -38,6 +38,9 @@ def save(path: str | os.PathLike, params, model_state=None) -> Path:
                  ckpt_lib.flatten(model_state or {}).items()})
   fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".npz", dir=path.parent)
   os.close(fd)
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide shared weights
   try:
     ckpt_lib.write_npz(Path(tmp), arrays)
     os.replace(tmp, path)
