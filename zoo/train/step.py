@@ -21,7 +21,16 @@ Metrics = dict[str, jax.Array]
 
 
 def _pmean(tree, axis_name):
-  return jax.lax.pmean(tree, axis_name) if axis_name else tree
+  """Mean over the device axis; integer leaves (e.g. BatchNorm's step
+  counters, equal on every device) stay integers."""
+  if not axis_name:
+    return tree
+
+  def mean(x):
+    if jnp.issubdtype(x.dtype, jnp.inexact):
+      return jax.lax.pmean(x, axis_name)
+    return jax.lax.psum(x, axis_name) // jax.lax.psum(1, axis_name)
+  return jax.tree.map(mean, tree)
 
 
 def all_finite(tree) -> jax.Array:

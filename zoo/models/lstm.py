@@ -1,0 +1,105 @@
+"""Row-by-row LSTM: an image read as a sequence of its rows.
+
+A (H, W, C) image becomes H time steps of W*C features (28 steps of 28 pixels
+for MNIST), run through `num_layers` stacked `hk.LSTM`s with
+`hk.dynamic_unroll` (time-major, one compiled loop body whatever H is); a
+linear head reads the top layer's output at the last valid step.
+
+Variable-length sequences: `__call__` takes optional `lengths` (B,) in
+[0, H]. At a step t >= length the cores carry their state forward unchanged,
+so the final state *is* the state after step length-1 and the head's input
+is that step's output; rows at or past `length` therefore cannot change the
+logits (nor their gradients). The default is the full length. The
+registry calls `module(x, is_training=...)`, so registered models always see
+whole images; `lengths` is for direct use of the module (see
+`sequence_mask`).
+
+With the defaults (hidden 128, one layer) on 28x28x1 inputs and K = 10 it has
+81,674 parameters: LSTM (28 + 128) * 512 + 512 = 80,384, head 1,290.
+"""
+from __future__ import annotations
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+
+from zoo import initializers
+from zoo.registry import architecture
+
+
+def sequence_mask(lengths: jax.Array | None, batch: int,
+                  max_len: int) -> jax.Array:
+  """(max_len, batch) bool, time-major: True where step t < lengths[b]
+  (all True when `lengths` is None)."""
+  if lengths is None:
+    return jnp.ones((max_len, batch), bool)
+  lengths = jnp.asarray(lengths)
+  if lengths.shape != (batch,):
+    raise ValueError(f"lengths must have shape ({batch},), got "
+                     f"{lengths.shape}")
+  return jnp.arange(max_len)[:, None] < lengths[None, :]
+
+
+def image_to_sequence(x: jax.Array) -> jax.Array:
+  """(B, H, W, C) images -> (H, B, W*C): time-major rows."""
+  b, h, w, c = x.shape
+  return jnp.transpose(x.reshape(b, h, w * c), (1, 0, 2))
+
+
+class LSTMClassifier(hk.Module):
+  """Stacked LSTM over image rows, linear head on the last valid output."""
+
+  def __init__(self, num_outputs: int, hidden_size: int = 128,
+               num_layers: int = 1, initializer: str = "glorot_uniform",
+               dropout: float = 0.0, name: str | None = None):
+    """`hidden_size`: width of every LSTM layer; `num_layers`: stacked
+    layers (each takes the one below's outputs); `initializer`: of the head
+    (hk.LSTM initializes its own gates: truncated normal 1/sqrt(fan_in), +1
+    forget bias); `dropout`: rate on the head's input in training."""
+    super().__init__(name=name)
+    if not 0.0 <= dropout < 1.0:
+      raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if num_layers < 1:
+      raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+    self.num_outputs = num_outputs
+    self.hidden_size = hidden_size
+    self.num_layers = num_layers
+    self.w_init = initializers.get(initializer)
+    self.dropout = dropout
+
+  def __call__(self, x: jax.Array, is_training: bool = False,
+               lengths: jax.Array | None = None) -> jax.Array:
+    """`x`: (B, H, W, C) images; `lengths`: (B,) valid rows per image (None:
+    all H). Returns (B, num_outputs) logits."""
+    seq = image_to_sequence(x)
+    steps, batch = seq.shape[:2]
+    mask = sequence_mask(lengths, batch, steps)
+    cores = [hk.LSTM(self.hidden_size, name=f"lstm_{i}")
+             for i in range(self.num_layers)]
+    initial = tuple(core.initial_state(batch) for core in cores)
+
+    def step(inputs, states):
+      h, valid = inputs
+      new_states = []
+      for core, state in zip(cores, states):
+        h, new = core(h, state)
+        # Padded steps leave the state exactly as it was.
+        new_states.append(jax.tree.map(
+            lambda n, o: jnp.where(valid[:, None], n, o), new, state))
+      return None, tuple(new_states)
+
+    _, final = hk.dynamic_unroll(step, (seq, mask), initial, time_major=True)
+    # The top layer's hidden state after the last valid step = its output.
+    out = final[-1].hidden
+    if is_training and self.dropout > 0:
+      out = hk.dropout(hk.next_rng_key(), self.dropout, out)
+    return hk.Linear(self.num_outputs, w_init=self.w_init, name="head")(out)
+
+
+@architecture("lstm")
+def lstm(num_outputs: int, hidden_size: int = 128, num_layers: int = 1,
+         initializer: str = "glorot_uniform",
+         dropout: float = 0.0) -> hk.Module:
+  return LSTMClassifier(num_outputs, hidden_size=hidden_size,
+                        num_layers=num_layers, initializer=initializer,
+                        dropout=dropout)
