@@ -330,8 +330,10 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
             if bar is not None and done % 50 == 0:
               m = strat.host_metrics(metrics)
               bar.update(50)
+              rate = done * batch / max(time.perf_counter() - t, 1e-9)
               bar.set_postfix(loss=f"{float(m['loss']):.4f}",
-                              acc=f"{float(m['accuracy']):.3f}")
+                              acc=f"{float(m['accuracy']):.3f}",
+                              img_s=f"{rate:,.0f}")
             if preempt.check():  # SIGTERM is seen after every step
               break
         host_metrics = [strat.host_metrics(m) for m in metrics_list]
