@@ -154,6 +154,8 @@ def main(argv=None):
   p.add_argument("--batch-sizes", nargs="+", type=int, default=[128])
   p.add_argument("--steps", type=int, default=0,
                  help="timed steps per run (default: by backend and model)")
+  p.add_argument("--repeats", type=int, default=2,
+                 help="interleaved repeats per side; the best is reported")
   p.add_argument("--time-to-accuracy", action="store_true")
   p.add_argument("--json", default=None)
   p.add_argument("--readme", action="store_true",
@@ -173,10 +175,17 @@ def main(argv=None):
     for batch in args.batch_sizes:
       slow = device.platform == "cpu" and "cnn" in name
       steps = args.steps or (60 if slow else 400)
-      ref_ips, ref_compile = reference_images_per_second(
-          zoo.get(name), images, labels, batch, steps)
       n_train = min(60000, batch * (steps + 1))
-      jit_r = zoo_run(name, batch, n_train, devices=1, strategy="jit")
+      # Interleaved repeats, best of each: the two sides see the same noise.
+      ref_ips, jit_r = 0.0, None
+      for _ in range(args.repeats):
+        ips, ref_compile = reference_images_per_second(
+            zoo.get(name), images, labels, batch, steps)
+        ref_ips = max(ref_ips, ips)
+        r = zoo_run(name, batch, n_train, devices=1, strategy="jit")
+        if jit_r is None or (r["train_images_per_second"]
+                             > jit_r["train_images_per_second"]):
+          jit_r = r
       pmap_r = zoo_run(name, batch, n_train, devices=1, strategy="pmap")
       row = {"model": name, "batch": batch,
              "reference_images_per_second": ref_ips,
