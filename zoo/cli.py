@@ -6,7 +6,6 @@ exit with status 2; they never print a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Sequence
 
@@ -59,8 +58,17 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if isinstance(values, dict):
       print(f"    [{section}] " + ", ".join(f"{k}={v!r}"
                                           for k, v in values.items()))
-  if entry.baseline:
-    print("  baseline    " + json.dumps(entry.baseline, sort_keys=True))
+  b = entry.baseline
+  if b:
+    print(f"  baseline    {100 * b['test_accuracy_mean']:.2f}% ± "
+          f"{100 * b['test_accuracy_std']:.2f} test accuracy over "
+          f"{b['seeds']} seeds, {b['epochs']} epochs, on {b['devices']}x "
+          f"{b['device_kind']} ({b.get('date', '')}); reproduce: "
+          f"{b['command']}")
+    if b.get("pretrained"):
+      print(f"  pretrained  zoo.get({entry.name!r}, pretrained=True): "
+            f"{100 * b['pretrained']['test_accuracy']:.2f}% "
+            f"(seed {b['pretrained']['seed']})")
   else:
     print("  baseline    not measured yet (zoo baselines "
           f"{entry.name} measures it)")

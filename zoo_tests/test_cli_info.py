@@ -63,7 +63,12 @@ def test_info_cnn(capsys):
   assert "w(3, 3, 32, 64)" in out
   assert "401,536" in out  # dense 3136 * 128 + 128
   assert "[model]" in out and "arch='cnn'" in out
-  assert "not measured yet" in out
+  baseline = zoo.get("cnn_fashion_mnist").baseline
+  if baseline:  # measured here: one summary line with the reproduce command
+    assert f"{100 * baseline['test_accuracy_mean']:.2f}%" in out
+    assert "zoo baselines 'cnn_fashion_mnist'" in out
+  code, out, _ = _run(capsys, "info", "cnn_mnist")  # MNIST: not reachable here
+  assert code == 0 and "not measured yet" in out
 
 
 @pytest.mark.parametrize("name,count", [
