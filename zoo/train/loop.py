@@ -135,9 +135,9 @@ class _Preemption:
 
 def _versions() -> dict[str, str]:
   import haiku
+  import jaxlib
   import optax
-  return {"jax": jax.__version__, "jaxlib": jax.lib.__version__
-          if hasattr(jax.lib, "__version__") else jax.__version__,
+  return {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
           "haiku": haiku.__version__, "optax": optax.__version__,
           "python": sys.version.split()[0]}
 
@@ -355,9 +355,7 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
           bar.set_postfix(loss=f"{losses[-1]:.4f}", acc=f"{accs[-1]:.3f}",
                           img_s=f"{done * batch / max(elapsed, 1e-9):,.0f}")
           bar.refresh()
-        state_host = None
-        nonfinite = int(jax.device_get(
-            strat.host_metrics({"n": state.nonfinite_step})["n"]))
+        nonfinite = int(strat.host_metrics({"n": state.nonfinite_step})["n"])
         if nonfinite >= 0 and tcfg["on_nonfinite"] == "stop":
           if bar is not None:
             bar.close()

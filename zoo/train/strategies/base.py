@@ -11,7 +11,6 @@ import abc
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from zoo.data.pipeline import to_float
@@ -109,6 +108,3 @@ def host_copy(tree) -> Any:
 def as_int32(idx_rows: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(idx_rows, dtype=np.int32)
 
-
-def zeros_like_host(tree):
-  return jax.tree.map(lambda x: jnp.zeros_like(x), tree)
