@@ -125,18 +125,18 @@ def run_eval(args: argparse.Namespace) -> int:
   if not args.weights and not args.workdir:
     raise config_lib.ConfigError("zoo eval needs --workdir DIR or "
                                  "--weights FILE.")
-  if args.workdir:
-    cfg = weights.run_config(args.workdir)
+  def run_entry(cfg):
     if cfg.get("name") and cfg["name"] != entry.name:
       raise config_lib.ConfigError(
           f"{args.workdir} holds a run of {cfg['name']!r}, not "
           f"{entry.name!r}: run `zoo eval {cfg['name']} --workdir "
           f"{args.workdir}`.")
-    entry = registry.with_config(entry, _flat_overrides(cfg))
+    return registry.with_config(entry, _flat_overrides(cfg))
+
+  if args.workdir:  # the run's own config; its checkpoint is read once
+    entry, params, model_state = weights.load_run(args.workdir, run_entry)
   if args.weights:
     params, model_state = weights.load(entry, args.weights)
-  else:
-    params, model_state = weights.from_workdir(entry, args.workdir)
   res = evaluate_model(entry, params, model_state, data_dir=args.data_dir,
                        split=args.split)
   print(json.dumps(res, indent=1))

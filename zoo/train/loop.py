@@ -133,6 +133,14 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._old)
 
 
+def _stop_preempted(bar, step: int, checkpoint: str | None):
+  """Closes the progress bar and raises Preempted after a SIGTERM save."""
+  if bar is not None:
+    bar.close()
+  raise Preempted(f"SIGTERM: saved step {step} to {checkpoint}; re-run the "
+                  "same command to resume.")
+
+
 def _versions() -> dict[str, str]:
   import haiku
   import jaxlib
@@ -367,10 +375,7 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
           state_host = strat.get_state(state)
           last_ckpt = save(state_host) or last_ckpt
           if preempt.requested:
-            if bar is not None:
-              bar.close()
-            raise Preempted(f"SIGTERM: saved step {step} to {last_ckpt}; "
-                            "re-run the same command to resume.")
+            _stop_preempted(bar, step, last_ckpt)
       train_seconds += ep_seconds
       images_seen += ep_images
       state_host = strat.get_state(state)
@@ -396,10 +401,7 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
           or (ckpt_every and step % ckpt_every == 0)):
         last_ckpt = save(state_host) or last_ckpt
       if preempt.requested and step < total_steps:
-        if bar is not None:
-          bar.close()
-        raise Preempted(f"SIGTERM: saved step {step} to {last_ckpt}; "
-                        "re-run the same command to resume.")
+        _stop_preempted(bar, step, last_ckpt)
   if bar is not None:
     bar.close()
 

@@ -96,14 +96,17 @@ def _newest_good(workdir: str | os.PathLike):
                                  + "; ".join(errors))
 
 
-def run_config(workdir: str | os.PathLike) -> dict:
-  """The resolved config a run in `workdir` was trained with (from its
-  newest good checkpoint)."""
-  _, meta = _newest_good(workdir)
+def load_run(workdir: str | os.PathLike, entry_for_config):
+  """Loads a run's newest good checkpoint once: returns (entry, params,
+  model_state), where entry = entry_for_config(the run's resolved config)."""
+  path, meta = _newest_good(workdir)
   if not isinstance(meta.get("config"), dict):
     raise ckpt_lib.CheckpointError(f"the checkpoints in {workdir} hold no "
                                    "config.")
-  return meta["config"]
+  entry = entry_for_config(meta["config"])
+  params, model_state = _params_and_state(
+      entry, ckpt_lib.read_npz(path / ckpt_lib.ARRAYS), str(path))
+  return entry, params, model_state
 
 
 def from_workdir(entry, workdir: str | os.PathLike):
