@@ -12,6 +12,7 @@ import haiku as hk
 import jax
 
 from zoo import activations, initializers
+from zoo.models.pooling import max_pool
 from zoo.registry import architecture
 
 
@@ -40,7 +41,7 @@ class SmallCNN(hk.Module):
       x = hk.Conv2D(c, kernel_shape=3, padding="SAME", w_init=self.w_init,
                     name=f"conv_{i}")(x)
       x = self.activation(x)
-      x = hk.max_pool(x, window_shape=(1, 2, 2, 1), strides=(1, 2, 2, 1),
+      x = max_pool(x, window_shape=(1, 2, 2, 1), strides=(1, 2, 2, 1),
                       padding="VALID")
     x = hk.Flatten()(x)
     x = self.activation(hk.Linear(self.hidden_size, w_init=self.w_init,

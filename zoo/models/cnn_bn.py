@@ -27,6 +27,7 @@ import haiku as hk
 import jax
 
 from zoo import activations, initializers
+from zoo.models import pooling
 from zoo.registry import architecture
 
 POOLS = ("max", "avg")
@@ -69,7 +70,7 @@ class BatchNormCNN(hk.Module):
     self.hidden_size = hidden_size
     self.activation = activations.get(activation)
     self.w_init = initializers.get(initializer)
-    self.pool = hk.max_pool if pool == "max" else hk.avg_pool
+    self.pool = pooling.max_pool if pool == "max" else hk.avg_pool
     self.dense_batch_norm = dense_batch_norm
     self.bn_decay = bn_decay
     self.bn_eps = bn_eps
