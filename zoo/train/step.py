@@ -85,25 +85,27 @@ def make_train_step(entry, tx: optax.GradientTransformation, *,
                        .astype(jnp.float32))
     accuracy = _pmean(correct, axis_name)
 
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    chex.assert_trees_all_equal_shapes(updates, state.params)
-    params = optax.apply_updates(state.params, updates)
-
     finite = jnp.isfinite(loss) & all_finite(grads)
     stopped = state.nonfinite_step >= 0
     apply = finite & ~stopped if on_nonfinite == "stop" else finite
-    new = TrainState(
-        step=state.step + 1, params=params, model_state=model_state,
-        opt_state=opt_state, rng=state.rng,
-        nonfinite_step=jnp.where(~finite & ~stopped, state.step,
-                                 state.nonfinite_step),
-        skipped=state.skipped + (~finite).astype(jnp.int32))
-    out = jax.tree.map(lambda o, n: jnp.where(apply, n, o), state, new)
+
+    def update(state: TrainState) -> TrainState:
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      chex.assert_trees_all_equal_shapes(updates, state.params)
+      return state._replace(params=optax.apply_updates(state.params, updates),
+                            model_state=model_state, opt_state=opt_state)
+
+    # A cond, not a select over the whole state: only the branch taken runs
+    # (a `where` on every leaf cost the dense models 8-17% per step on CPU).
+    out = jax.lax.cond(apply, update, lambda state: state, state)
     # A stopped run does not advance: it stays at the last good step. Under
     # "skip" the step counter moves on past the dropped update.
-    out = out._replace(nonfinite_step=new.nonfinite_step, skipped=new.skipped)
-    if on_nonfinite == "skip":
-      out = out._replace(step=new.step)
+    advance = apply if on_nonfinite == "stop" else jnp.array(True)
+    out = out._replace(
+        step=state.step + advance.astype(state.step.dtype),
+        nonfinite_step=jnp.where(~finite & ~stopped, state.step,
+                                 state.nonfinite_step),
+        skipped=state.skipped + (~finite).astype(state.skipped.dtype))
     return out, {"loss": loss, "accuracy": accuracy}
 
   return train_step
