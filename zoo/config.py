@@ -53,10 +53,15 @@ DEFAULTS: Config = {
         "keep_checkpoints": 3,
         "on_nonfinite": "stop",  # stop | skip
         "loop": "auto",         # auto | scan | python
+        # Forward and backward pass in bfloat16 (jmp policy); parameters,
+        # optimizer state, loss and evaluation stay float32.
+        "compute_dtype": "float32",  # float32 | bfloat16
     },
 }
 
 _SECTIONS = [k for k, v in DEFAULTS.items() if isinstance(v, dict)]
+# float16 would also need loss scaling; bfloat16 has float32's exponent range.
+COMPUTE_DTYPES = ("float32", "bfloat16")
 OPTIMIZER_ALIASES = {"momentum": ("sgd", {"momentum": 0.9})}
 
 
@@ -153,6 +158,9 @@ def _check_values(config: Config) -> None:
   if train["loop"] not in ("auto", "scan", "python"):
     raise ConfigError("train.loop must be 'auto', 'scan' or 'python', got "
                       f"{train['loop']!r}.")
+  if train["compute_dtype"] not in COMPUTE_DTYPES:
+    raise ConfigError("train.compute_dtype must be 'float32' or 'bfloat16', "
+                      f"got {train['compute_dtype']!r}.")
   if sched["name"] not in ("constant", "cosine", "warmup_cosine", "linear"):
     raise ConfigError("schedule.name must be one of constant, cosine, "
                       f"warmup_cosine, linear; got {sched['name']!r}.")

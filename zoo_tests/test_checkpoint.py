@@ -1,5 +1,6 @@
 """Checkpoints: contents, atomic writes, keep-K, integrity checks, fallback
 past damaged checkpoints, and in-process resume to identical parameters."""
+import copy
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+import zoo
 from zoo import cli, registry
 from zoo.errors import ZooError
 from zoo.train import checkpoint as ckpt_lib
@@ -300,3 +302,15 @@ def test_eval_workdir_and_weights_reproduce_result(reference, tmp_path,
   code = cli.main(["eval", "mlp_fashion_mnist", "--workdir", str(workdir)])
   err = capsys.readouterr().err
   assert code == 2 and err.count("\n") == 1 and MODEL in err
+
+
+def test_resume_accepts_checkpoints_from_before_a_new_config_key():
+  from zoo.train.loop import _config_changes
+  cfg = zoo.get("mlp_fashion_mnist").config
+  older = copy.deepcopy(cfg)
+  del older["train"]["compute_dtype"]  # written before the key existed
+  assert _config_changes(older, cfg) == []
+  bf16 = copy.deepcopy(cfg)
+  bf16["train"]["compute_dtype"] = "bfloat16"
+  assert _config_changes(older, bf16) == ["train.compute_dtype"]
+  assert _config_changes(cfg, bf16) == ["train.compute_dtype"]

@@ -129,6 +129,7 @@ def test_wrong_model_type():
     {"train": {"epochs": -1}},
     {"train": {"on_nonfinite": "ignore"}},
     {"train": {"loop": "fast"}},
+    {"train": {"compute_dtype": "float16"}},
     {"schedule": {"name": "exponential"}},
 ])
 def test_bad_values(config):

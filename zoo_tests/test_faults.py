@@ -304,6 +304,7 @@ def test_skip_policy_finishes_and_counts(tmp_path):
     ("train.epochs=abc", ["train.epochs", "int"]),
     ("train.batch_size=1.5", ["train.batch_size"]),
     ("train.on_nonfinite=explode", ["train.on_nonfinite", "explode"]),
+    ("train.compute_dtype=float16", ["train.compute_dtype", "bfloat16"]),
     ("trian.epochs=2", ["trian"]),
     ("train.checkpoint_every", ["key=value"]),
 ])

@@ -167,3 +167,35 @@ class VariantsTest(chex.TestCase):
     out, metrics = step(state, x, y)
     chex.assert_shape(metrics["loss"], ())
     chex.assert_trees_all_close(out.params, ref.params, rtol=2e-5, atol=2e-6)
+
+
+class ComputeDtypeTest(chex.TestCase):
+  """train.compute_dtype=bfloat16: the model runs in bfloat16, everything
+  the step keeps stays float32."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters("mlp_fashion_mnist", "cnn_bn_fashion_mnist",
+                            "vit_tiny_fashion_mnist")
+  def test_bfloat16_compute_keeps_float32_state(self, name):
+    entry, tx, state = _setup(name, **{"train.compute_dtype": "bfloat16"})
+    _, _, state32 = _setup(name)
+    images, labels = _batch(entry)
+    x, y = jnp.asarray(images, jnp.float32) / 255, jnp.asarray(labels)
+    new, metrics = self.variant(make_train_step(entry, tx))(state, x, y)
+    _, metrics32 = jax.jit(make_train_step(zoo.get(name), tx))(state32, x, y)
+    chex.assert_trees_all_equal_shapes_and_dtypes(new, state)
+    chex.assert_type(metrics["loss"], jnp.float32)
+    chex.assert_tree_all_finite(new)
+    self.assertEqual(int(new.step), 1)
+    # The same loss up to bfloat16's 8-bit mantissa, and not bit-identical
+    # (the casts really happen).
+    np.testing.assert_allclose(metrics["loss"], metrics32["loss"], rtol=2e-2)
+    self.assertNotEqual(float(metrics["loss"]), float(metrics32["loss"]))
+
+  def test_bfloat16_reaches_the_forward_pass(self):
+    entry, tx, state = _setup("mlp_fashion_mnist",
+                              **{"train.compute_dtype": "bfloat16"})
+    images, labels = _batch(entry)
+    jaxpr = str(jax.make_jaxpr(make_train_step(entry, tx))(
+        state, jnp.asarray(images, jnp.float32) / 255, jnp.asarray(labels)))
+    self.assertIn("bf16[16,256]", jaxpr)  # the first hidden layer

@@ -29,6 +29,16 @@ def test_short_real_training_is_far_above_chance(name, train_split, batch,
   chex.assert_tree_all_finite(out.params)
 
 
+def test_bfloat16_compute_trains_as_well_as_float32():
+  split = {"data.train_split": "train[:19200]", "data.test_split": "test[:2000]"}
+  acc = {dtype: train("mlp_fashion_mnist", progress=False, epochs=1,
+                      batch_size=64, devices=1, **split,
+                      **{"train.compute_dtype": dtype}).result["test_accuracy"]
+         for dtype in ("float32", "bfloat16")}
+  assert acc["bfloat16"] >= 0.75, acc
+  assert abs(acc["bfloat16"] - acc["float32"]) <= 0.02, acc
+
+
 def test_cli_train_writes_documented_files(tmp_path, capsys):
   workdir = tmp_path / "run"
   rc = zoo.cli.main(["train", "logreg_fashion_mnist", "--epochs", "2",

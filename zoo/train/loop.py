@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from zoo import config as config_lib
 from zoo import data, registry
 from zoo.errors import ZooError
 from zoo.train import checkpoint as ckpt_lib
@@ -68,10 +69,11 @@ class TrainResult:
 def choose_loop(requested: str, params, platform: str) -> str:
   """"scan" or "python": the faster way to run steps here.
 
-  Measured (bench/train_speed.py): on accelerators one compiled scan per
-  epoch wins (3-10x on an H100); on CPU the scan makes convolutional models
-  several times slower while it speeds up dense ones, so CPU scans only
-  models without conv kernels (rank-4 weights).
+  On accelerators one compiled scan per epoch wins (3-10x on an H100 in the
+  measurements behind issue #7). On CPU, XLA runs convolutions inside a loop
+  body tens of times slower (jax-ml/jax#12868; bench/train_speed.py's plain
+  scan column shows it), while the scan speeds up dense models, so CPU scans
+  only models without conv kernels (rank-4 weights).
   """
   if requested != "auto":
     return requested
@@ -162,11 +164,13 @@ _RESUME_FREE = {("train", "checkpoint_every"), ("train", "keep_checkpoints")}
 
 def _config_changes(saved: dict, cfg: dict, prefix=()) -> list[str]:
   """Dotted keys whose values differ between a checkpoint's config and
-  this run's (settings in _RESUME_FREE excepted)."""
+  this run's (settings in _RESUME_FREE excepted). A key that a checkpoint
+  from an older zoo lacks counts as its default."""
   out = []
+  defaults = config_lib.DEFAULTS.get(prefix[0], {}) if len(prefix) == 1 else {}
   for key in sorted(set(saved) | set(cfg)):
     path = (*prefix, key)
-    a, b = saved.get(key), cfg.get(key)
+    a, b = saved.get(key, defaults.get(key)), cfg.get(key)
     if isinstance(a, dict) and isinstance(b, dict):
       out += _config_changes(a, b, path)
     elif a != b and path not in _RESUME_FREE:

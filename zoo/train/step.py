@@ -1,6 +1,8 @@
 """The one train step and eval step for every model: pure and chex-checked.
 
 `make_train_step` builds `step(state, images, labels) -> (state, metrics)`.
+With `train.compute_dtype = "bfloat16"` the model runs in bfloat16 while
+parameters, optimizer state and the loss stay float32 (a jmp policy).
 Under data parallelism (`axis_name` set, e.g. inside pmap) gradients, metrics
 and model state are averaged over that axis, so every device applies the same
 update as one device would on the global batch.
@@ -12,6 +14,7 @@ from typing import Any, Callable
 import chex
 import jax
 import jax.numpy as jnp
+import jmp
 import optax
 
 from zoo import losses
@@ -48,6 +51,17 @@ def forward(entry, params, model_state, rng, images, is_training):
                                  is_training=is_training), model_state
 
 
+def compute_policy(compute_dtype: str) -> jmp.Policy | None:
+  """The mixed-precision policy for `train.compute_dtype` (None: float32
+  throughout): float32 parameters and outputs, the forward and backward pass
+  in `compute_dtype`."""
+  if compute_dtype == "float32":
+    return None
+  return jmp.Policy(param_dtype=jnp.float32,
+                    compute_dtype=jnp.dtype(compute_dtype),
+                    output_dtype=jnp.float32)
+
+
 def make_train_step(entry, tx: optax.GradientTransformation, *,
                     axis_name: str | None = None,
                     on_nonfinite: str = "stop") -> Callable[..., Any]:
@@ -59,10 +73,19 @@ def make_train_step(entry, tx: optax.GradientTransformation, *,
   """
   l2 = entry.config["loss"]["l2"]
   input_shape = entry.input_shape
+  policy = compute_policy(entry.config["train"]["compute_dtype"])
 
   def loss_fn(params, model_state, rng, images, labels):
-    logits, new_model_state = forward(entry, params, model_state, rng, images,
-                                      True)
+    if policy is None:
+      logits, new_model_state = forward(entry, params, model_state, rng,
+                                        images, True)
+    else:  # differentiating through the casts gives float32 gradients
+      logits, new_model_state = forward(
+          entry, policy.cast_to_compute(params), model_state, rng,
+          policy.cast_to_compute(images), True)
+      logits = policy.cast_to_output(logits)
+      new_model_state = jax.tree.map(lambda new, old: new.astype(old.dtype),
+                                     new_model_state, model_state)
     loss = entry.loss(logits, labels)
     total = loss + (losses.l2_regularization(params, l2) if l2 else 0.0)
     return total, (loss, logits, new_model_state)
