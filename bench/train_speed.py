@@ -31,7 +31,7 @@ from pathlib import Path
 
 import haiku as hk
 import jax
-import jax.numpy as jnp
+import jmp
 import numpy as np
 import optax
 
@@ -56,6 +56,8 @@ def reference_step(entry):
   PRNG split per step (for dropout)."""
   net = hk.transform_with_state(
       lambda x: entry.module()(x, is_training=True))
+  policy = jmp.get_policy("params=float32,output=float32,compute="
+                          + entry.config["train"]["compute_dtype"])
   opt = dict(entry.config["optimizer"])
   tx = getattr(optax, opt.pop("name"))(**opt)
 
@@ -69,8 +71,9 @@ def reference_step(entry):
     x, y = batch
 
     def loss_fn(p):
-      logits, new_state = net.apply(p, state, sub, x)
-      return entry.loss(logits, y), new_state
+      logits, new_state = net.apply(policy.cast_to_compute(p), state, sub,
+                                    policy.cast_to_compute(x))
+      return entry.loss(policy.cast_to_output(logits), y), new_state
     (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), state, opt_state, key), loss
@@ -122,8 +125,8 @@ def reference_scan_images_per_second(entry, images, labels, batch, steps,
   return steps * batch / (time.perf_counter() - t)
 
 
-def zoo_run(name, batch, n_train, **kwargs):
-  out = train(name, progress=False, epochs=kwargs.pop("epochs", 1),
+def zoo_run(entry, batch, n_train, **kwargs):
+  out = train(entry, progress=False, epochs=kwargs.pop("epochs", 1),
               batch_size=batch,
               **{"data.train_split": f"train[:{n_train}]",
                  "data.test_split": "test[:1000]",
@@ -196,6 +199,10 @@ def main(argv=None):
                  help="timed steps per run (default: by backend and model)")
   p.add_argument("--repeats", type=int, default=2,
                  help="interleaved repeats per side; the best is reported")
+  p.add_argument("--compute-dtype", default="float32",
+                 choices=["float32", "bfloat16"],
+                 help="train.compute_dtype for zoo, the same jmp policy for "
+                      "the references")
   p.add_argument("--time-to-accuracy", action="store_true")
   p.add_argument("--json", default=None)
   p.add_argument("--readme", action="store_true",
@@ -213,7 +220,9 @@ def main(argv=None):
         f"{'zoo img/s':>10} {'zoo/loop':>8} {'zoo/best':>8} {'loop':>6} "
         f"{'pmap1/jit':>9} {'compile s':>9}")
   for name in args.models:
-    arch = zoo.get(name).arch
+    entry = zoo.registry.with_config(
+        zoo.get(name), {"train.compute_dtype": args.compute_dtype})
+    arch = entry.arch
     for batch in args.batch_sizes:
       cpu = device.platform == "cpu"
       steps = args.steps or (CPU_STEPS.get(arch, 400) if cpu else 400)
@@ -225,15 +234,15 @@ def main(argv=None):
       ref_ips, ref_scan_ips, jit_r = 0.0, 0.0, None
       for _ in range(args.repeats):
         ips, ref_compile = reference_images_per_second(
-            zoo.get(name), images, labels, batch, steps)
+            entry, images, labels, batch, steps)
         ref_ips = max(ref_ips, ips)
         ref_scan_ips = max(ref_scan_ips, reference_scan_images_per_second(
-            zoo.get(name), images, labels, batch, scan_steps))
-        r = zoo_run(name, batch, n_train, devices=1, strategy="jit")
+            entry, images, labels, batch, scan_steps))
+        r = zoo_run(entry, batch, n_train, devices=1, strategy="jit")
         if jit_r is None or (r["train_images_per_second"]
                              > jit_r["train_images_per_second"]):
           jit_r = r
-      pmap_r = zoo_run(name, batch, n_train, devices=1, strategy="pmap")
+      pmap_r = zoo_run(entry, batch, n_train, devices=1, strategy="pmap")
       zoo_ips = jit_r["train_images_per_second"]
       row = {"model": name, "batch": batch,
              "reference_images_per_second": ref_ips,
@@ -246,6 +255,7 @@ def main(argv=None):
                  jit_r["compile_seconds"],
              "reference_compile_seconds": ref_compile,
              "steps": steps, "scan_steps": scan_steps,
+             "compute_dtype": args.compute_dtype,
              "device_kind": device.device_kind}
       rows.append(row)
       print(f"{name:<22} {batch:>5} {ref_ips:>11,.0f} {ref_scan_ips:>11,.0f} "
