@@ -1,0 +1,80 @@
+"""The benchmarks run end to end and report what they promise (no timing is
+asserted: speed is read from their output, never tested)."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import zoo
+from zoo import data
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(f"bench_{name}",
+                                                BENCH / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.fixture(scope="module")
+def train_speed():
+  return _load("train_speed")
+
+
+def test_train_speed_reports_every_column(train_speed, tmp_path, monkeypatch):
+  readme = tmp_path / "README.md"
+  readme.write_text(f"before\n{train_speed.BEGIN}\nold table\n"
+                    f"{train_speed.END}\nafter\n")
+  monkeypatch.setattr(train_speed, "README", readme)
+  out = tmp_path / "bench.json"
+  monkeypatch.setattr(sys, "argv", ["train_speed.py"])
+  train_speed.main(["--models", "logreg_fashion_mnist", "cnn_fashion_mnist",
+                    "--batch-sizes", "32", "--steps", "3", "--repeats", "1",
+                    "--json", str(out), "--readme"])
+  result = json.loads(out.read_text())
+  rows = {r["model"]: r for r in result["rows"]}
+  assert set(rows) == {"logreg_fashion_mnist", "cnn_fashion_mnist"}
+  for r in rows.values():
+    for key in ("reference_images_per_second",
+                "reference_scan_images_per_second", "zoo_images_per_second",
+                "ratio", "ratio_best", "pmap1_over_jit",
+                "zoo_compile_seconds"):
+      assert r[key] > 0, (r["model"], key)
+    assert r["ratio"] == pytest.approx(
+        r["zoo_images_per_second"] / r["reference_images_per_second"])
+    assert r["ratio_best"] <= r["ratio"] + 1e-12
+    assert r["batch"] == 32 and r["compute_dtype"] == "float32"
+  # The loop zoo picks on CPU, and the short conv scan the note promises.
+  assert rows["logreg_fashion_mnist"]["loop"] == "scan"
+  assert rows["cnn_fashion_mnist"]["loop"] == "python"
+  assert rows["cnn_fashion_mnist"]["scan_steps"] == 2
+  assert result["peak_memory_mb"] > 0
+  text = readme.read_text()
+  assert text.startswith("before\n") and text.endswith("after\n")
+  assert "old table" not in text
+  assert "| `cnn_fashion_mnist` | 32 |" in text
+
+
+def test_reference_step_uses_the_models_optimizer(train_speed):
+  entry = zoo.get("vit_tiny_fashion_mnist")  # adamw with weight decay
+  init, step = train_speed.reference_step(entry)
+  x = np.zeros((4, 28, 28, 1), np.float32)
+  carry = init(x)
+  (params, _, opt_state, _), loss = step(carry, (x, np.zeros(4, np.int32)))
+  assert np.isfinite(float(loss))
+  assert "ScaleByAdamState" in repr(opt_state)
+
+
+def test_pooling_bench_finds_identical_gradients(capsys):
+  pooling = _load("pooling")
+  split = data.load("fashion_mnist", "test[:64]")
+  images = np.asarray(data.to_float(split.images))
+  pooling.check_same_gradients(images, split.labels, 64)
+  assert "bit-identical" in capsys.readouterr().out
+
