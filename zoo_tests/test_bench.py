@@ -78,3 +78,13 @@ def test_pooling_bench_finds_identical_gradients(capsys):
   pooling.check_same_gradients(images, split.labels, 64)
   assert "bit-identical" in capsys.readouterr().out
 
+
+
+def test_time_to_accuracy_runs_the_baseline_config_in_a_fresh_process(
+    train_speed):
+  out = train_speed.time_to_accuracy("logreg_fashion_mnist", 0.5, "float32")
+  assert out["reached"] and out["epoch"] == 1, out
+  assert out["accuracy"] >= 0.5
+  # A fresh process: imports, data loading and compilation are included.
+  assert out["seconds_from_process_start"] > 1.0
+  assert isinstance(out["same_as_baseline"], bool)

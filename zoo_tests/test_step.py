@@ -142,6 +142,20 @@ def test_same_numbers_under_jit_pmap_and_mesh(name):
                                rtol=1e-5)
 
 
+@pytest.mark.parametrize("devices, collectives", [(1, False), (2, True)])
+def test_pmap_over_one_device_emits_no_collective(devices, collectives):
+  entry, tx, state = _setup("mlp_fashion_mnist")
+  strat = strategies.make("pmap", devices)
+  run_one, _ = strat.compile(
+      make_train_step(entry, tx, axis_name=strat.axis_name))
+  images, labels = _batch(entry, seed=1, batch=64)
+  rows = strat.put_indices(np.arange(64, dtype=np.int32).reshape(2, 32))
+  hlo = run_one.lower(strat.put_state(jax.device_get(state)),
+                      *strat.put_data(images, labels), rows,
+                      np.int32(0)).as_text()
+  assert ("all_reduce" in hlo or "all-reduce" in hlo) == collectives
+
+
 def test_batch_not_divisible_by_devices_is_a_clear_error():
   strat = strategies.make("pmap", 3)
   with pytest.raises(ValueError, match="divisible by 3"):
