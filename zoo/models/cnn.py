@@ -42,7 +42,7 @@ class SmallCNN(hk.Module):
                     name=f"conv_{i}")(x)
       x = self.activation(x)
       x = max_pool(x, window_shape=(1, 2, 2, 1), strides=(1, 2, 2, 1),
-                      padding="VALID")
+                   padding="VALID")
     x = hk.Flatten()(x)
     x = self.activation(hk.Linear(self.hidden_size, w_init=self.w_init,
                                   name="dense")(x))
