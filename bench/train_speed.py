@@ -2,9 +2,10 @@
 
 All run in this process, on the same data (real Fashion-MNIST), the same
 architecture, optimizer (the model's own, at a constant learning rate) and
-batch size, for one model of every family. Two plain references: what a user writes first (a Python loop calling a
-jitted step on numpy batches) and the fast hand-written form (batches on the
-device, all steps in one jitted `lax.scan`). zoo is measured through
+batch size, for one model of every family. Two plain references: what a
+user writes first (a Python loop calling a jitted step on numpy batches) and
+the fast hand-written form (batches on the device, all steps in one jitted
+`lax.scan`). zoo is measured through
 `zoo.train` itself (data on device, the loop kind it picks for this backend),
 in steady state (its second epoch) with compilation timed apart.
 
@@ -39,6 +40,7 @@ import optax
 import zoo
 from zoo import data
 from zoo.train.loop import train
+from zoo.train.optim import optimizer
 
 # One registered model per architecture family (binary logistic regression
 # is the multinomial one with one output).
@@ -53,14 +55,15 @@ CPU_STEPS = {"cnn": 60, "cnn_bn": 60, "lstm": 150, "vit": 150}
 
 def reference_step(entry):
   """What a user writes first: `hk.transform_with_state` of the same module,
-  the model's loss, its optax optimizer at a constant learning rate, one
-  PRNG split per step (for dropout)."""
+  the model's loss, its optax optimizer (the bench sets a constant learning
+  rate), one PRNG split per step (for dropout)."""
   net = hk.transform_with_state(
       lambda x: entry.module()(x, is_training=True))
   policy = jmp.get_policy("params=float32,output=float32,compute="
                           + entry.config["train"]["compute_dtype"])
-  opt = dict(entry.config["optimizer"])
-  tx = getattr(optax, opt.pop("name"))(**opt)
+  # The optax transformation zoo builds from the same config (names and
+  # aliases resolved once, in zoo.train.optim).
+  tx = optimizer(entry.config, total_steps=1)
 
   def init(x, seed=0):
     params, state = net.init(jax.random.PRNGKey(seed), x)
@@ -133,8 +136,7 @@ def zoo_run(entry, batch, n_train, **kwargs):
   first execution of the compiled epoch)."""
   out = train(entry, progress=False, epochs=2, batch_size=batch,
               **{"data.train_split": f"train[:{n_train}]",
-                 "data.test_split": "test[:1000]",
-                 "schedule.name": "constant", "schedule.warmup_steps": 0},
+                 "data.test_split": "test[:1000]"},
               **kwargs)
   return {**out.result,
           "train_images_per_second": out.history[-1]["images_per_second"]}
@@ -249,13 +251,17 @@ def main(argv=None):
         f"{'zoo img/s':>10} {'zoo/loop':>8} {'zoo/best':>8} {'loop':>6} "
         f"{'pmap1/jit':>9} {'compile s':>9}")
   for name in args.models:
+    # Both sides train with this config: the model's own optimizer at a
+    # constant learning rate, in the requested compute dtype.
     entry = zoo.registry.with_config(
-        zoo.get(name), {"train.compute_dtype": args.compute_dtype})
+        zoo.get(name), {"train.compute_dtype": args.compute_dtype,
+                        "schedule.name": "constant",
+                        "schedule.warmup_steps": 0})
     arch = entry.arch
     for batch in args.batch_sizes:
       cpu = device.platform == "cpu"
       steps = args.steps or (CPU_STEPS.get(arch, 400) if cpu else 400)
-      # A scan of conv steps is ~40x slower on CPU (jax-ml/jax#12868): time
+      # A scan of conv steps is 25-30x slower on CPU (jax-ml/jax#12868): time
       # only two of them there.
       scan_steps = min(steps, 2) if cpu and arch in ("cnn", "cnn_bn") else steps
       n_train = min(60000, batch * (steps + 1))
