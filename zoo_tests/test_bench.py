@@ -88,3 +88,34 @@ def test_time_to_accuracy_runs_the_baseline_config_in_a_fresh_process(
   # A fresh process: imports, data loading and compilation are included.
   assert out["seconds_from_process_start"] > 1.0
   assert isinstance(out["same_as_baseline"], bool)
+
+
+def test_matmul_bound_counts_the_steps_flops_and_reports(tmp_path,
+                                                         monkeypatch):
+  bound = _load("matmul_bound")
+  sizes = bound.layer_sizes(zoo.get("mlp_fashion_mnist"))
+  assert sizes == [784, 256, 128, 10]
+  flops = bound.matmul_flops_per_image(sizes)
+  assert flops == 2 * (2 * (784 * 256 + 256 * 128 + 128 * 10)
+                       + 256 * 128 + 128 * 10)
+  # XLA's own count for the matmuls-only step: the products plus only the
+  # small elementwise update.
+  import jax
+  import jax.numpy as jnp
+  ws, step = bound.matmuls_only_step(sizes)
+  cost = jax.jit(step).lower(ws, jnp.ones((32, 784))).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  assert 1.0 <= cost["flops"] / (32 * flops) < 1.03
+  with pytest.raises(ValueError, match="dense"):
+    bound.layer_sizes(zoo.get("cnn_fashion_mnist"))
+
+  out = tmp_path / "bound.json"
+  monkeypatch.setattr(sys, "argv", ["matmul_bound.py"])
+  bound.main(["--batch-sizes", "32", "--steps", "4", "--repeats", "1",
+              "--json", str(out)])
+  (row,) = json.loads(out.read_text())["rows"]
+  for key in ("matmuls_only_images_per_second",
+              "plain_scan_images_per_second", "zoo_images_per_second"):
+    assert row[key] > 0, key
+  assert row["zoo_over_matmuls_only"] == pytest.approx(
+      row["zoo_images_per_second"] / row["matmuls_only_images_per_second"])
