@@ -11,7 +11,7 @@ import zoo
 from zoo.train import strategies
 from zoo.train.optim import optimizer
 from zoo.train.state import init_state
-from zoo.train.step import make_train_step
+from zoo.train.step import all_finite, make_train_step
 
 BATCH = 16
 
@@ -100,6 +100,42 @@ class StepTest(chex.TestCase):
     self.assertEqual(int(s2.step), 2)
     self.assertGreater(float(jnp.abs(s2.params["mlp_classifier/~/mlp/~/linear_0"]["w"]
                                      - state.params["mlp_classifier/~/mlp/~/linear_0"]["w"]).max()), 0)
+
+
+class AllFiniteTest(chex.TestCase):
+  """The guard's test: one inf or NaN anywhere is caught, and finite values
+  whose sum would overflow are not mistaken for one."""
+
+  def _tree(self):
+    return {"w": jnp.linspace(-1.0, 1.0, 784 * 16).reshape(784, 16),
+            "b": jnp.zeros((16,), jnp.bfloat16),
+            "count": jnp.array(7, jnp.int32)}
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_finite_tree(self):
+    self.assertTrue(bool(self.variant(all_finite)(self._tree())))
+    self.assertTrue(bool(self.variant(all_finite)({})))
+    self.assertTrue(bool(self.variant(all_finite)(
+        {"n": jnp.array([2**31 - 1, 5], jnp.int32)})))
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.product(value=[np.inf, -np.inf, np.nan], leaf=["w", "b"])
+  def test_one_nonfinite_element(self, value, leaf):
+    tree = self._tree()
+    index = (700, 3) if leaf == "w" else (9,)
+    tree[leaf] = tree[leaf].at[index].set(value)
+    self.assertFalse(bool(self.variant(all_finite)(tree)))
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_overflowing_sum_of_finite_elements_is_finite(self):
+    big = jnp.full((64,), 3e38, jnp.float32)  # its sum overflows to inf
+    self.assertFalse(bool(jnp.isfinite(jnp.sum(big))))
+    self.assertTrue(bool(self.variant(all_finite)({"big": big})))
+    self.assertFalse(bool(self.variant(all_finite)(
+        {"big": big.at[3].set(np.nan)})))
+    # +inf and -inf together (their sum is NaN)
+    self.assertFalse(bool(self.variant(all_finite)(
+        {"x": jnp.array([np.inf, -np.inf, 1.0])})))
 
 
 def _run_strategy(name, strategy_name, devices, steps=3, **overrides):
