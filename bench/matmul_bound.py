@@ -32,7 +32,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_speed  # noqa: E402  (bench/train_speed.py, beside this file)
 
-import zoo  # noqa: E402
 from zoo import data  # noqa: E402
 
 
@@ -95,8 +94,7 @@ def matmuls_only_images_per_second(sizes, xs, repeats=3) -> float:
 def measure(name: str, batch: int, steps: int, images, labels,
             repeats: int) -> dict:
   """One row: matmuls-only, plain scan and zoo images/s for `name`."""
-  entry = zoo.registry.with_config(
-      zoo.get(name), {"schedule.name": "constant", "schedule.warmup_steps": 0})
+  entry = train_speed.bench_entry(name)
   sizes = layer_sizes(entry)
   idx = np.resize(np.random.default_rng(0).permutation(len(labels)),
                   steps * batch)
@@ -107,7 +105,7 @@ def measure(name: str, batch: int, steps: int, images, labels,
     plain = max(plain, train_speed.reference_scan_images_per_second(
         entry, images, labels, batch, steps))
     zoo_ips = max(zoo_ips, train_speed.zoo_run(
-        entry, batch, min(60000, batch * (steps + 1)), devices=1,
+        entry, batch, steps, devices=1,
         strategy="jit")["train_images_per_second"])
   flops = matmul_flops_per_image(sizes)
   return {"model": name, "batch": batch, "layer_sizes": sizes,

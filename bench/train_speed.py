@@ -130,10 +130,21 @@ def reference_scan_images_per_second(entry, images, labels, batch, steps,
   return steps * batch / (time.perf_counter() - t)
 
 
-def zoo_run(entry, batch, n_train, **kwargs):
-  """`zoo.train` for two epochs of `n_train` examples; its steady-state
-  images/s is the second epoch's (the first pays one-off costs such as the
-  first execution of the compiled epoch)."""
+def bench_entry(name, compute_dtype="float32"):
+  """`name` as every side trains it here: the model's own optimizer at a
+  constant learning rate, in `compute_dtype`."""
+  return zoo.registry.with_config(
+      zoo.get(name), {"train.compute_dtype": compute_dtype,
+                      "schedule.name": "constant",
+                      "schedule.warmup_steps": 0})
+
+
+def zoo_run(entry, batch, steps, **kwargs):
+  """`zoo.train` for two epochs of `steps + 1` batches each (at most the
+  whole training set); its steady-state images/s is the second epoch's (the
+  first pays one-off costs such as the first execution of the compiled
+  epoch)."""
+  n_train = min(60000, batch * (steps + 1))
   out = train(entry, progress=False, epochs=2, batch_size=batch,
               **{"data.train_split": f"train[:{n_train}]",
                  "data.test_split": "test[:1000]"},
@@ -251,12 +262,7 @@ def main(argv=None):
         f"{'zoo img/s':>10} {'zoo/loop':>8} {'zoo/best':>8} {'loop':>6} "
         f"{'pmap1/jit':>9} {'compile s':>9}")
   for name in args.models:
-    # Both sides train with this config: the model's own optimizer at a
-    # constant learning rate, in the requested compute dtype.
-    entry = zoo.registry.with_config(
-        zoo.get(name), {"train.compute_dtype": args.compute_dtype,
-                        "schedule.name": "constant",
-                        "schedule.warmup_steps": 0})
+    entry = bench_entry(name, args.compute_dtype)  # the same for every side
     arch = entry.arch
     for batch in args.batch_sizes:
       cpu = device.platform == "cpu"
@@ -264,7 +270,6 @@ def main(argv=None):
       # A scan of conv steps is 25-30x slower on CPU (jax-ml/jax#12868): time
       # only two of them there.
       scan_steps = min(steps, 2) if cpu and arch in ("cnn", "cnn_bn") else steps
-      n_train = min(60000, batch * (steps + 1))
       # Interleaved repeats, best of each: every side sees the same noise.
       ref_ips, ref_scan_ips, jit_r = 0.0, 0.0, None
       for _ in range(args.repeats):
@@ -273,11 +278,11 @@ def main(argv=None):
         ref_ips = max(ref_ips, ips)
         ref_scan_ips = max(ref_scan_ips, reference_scan_images_per_second(
             entry, images, labels, batch, scan_steps))
-        r = zoo_run(entry, batch, n_train, devices=1, strategy="jit")
+        r = zoo_run(entry, batch, steps, devices=1, strategy="jit")
         if jit_r is None or (r["train_images_per_second"]
                              > jit_r["train_images_per_second"]):
           jit_r = r
-      pmap_r = zoo_run(entry, batch, n_train, devices=1, strategy="pmap")
+      pmap_r = zoo_run(entry, batch, steps, devices=1, strategy="pmap")
       zoo_ips = jit_r["train_images_per_second"]
       row = {"model": name, "batch": batch,
              "reference_images_per_second": ref_ips,

@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -79,7 +81,6 @@ def test_pooling_bench_finds_identical_gradients(capsys):
   assert "bit-identical" in capsys.readouterr().out
 
 
-
 def test_time_to_accuracy_runs_the_baseline_config_in_a_fresh_process(
     train_speed):
   out = train_speed.time_to_accuracy("logreg_fashion_mnist", 0.5, "float32")
@@ -100,8 +101,6 @@ def test_matmul_bound_counts_the_steps_flops_and_reports(tmp_path,
                        + 256 * 128 + 128 * 10)
   # XLA's own count for the matmuls-only step: the products plus only the
   # small elementwise update.
-  import jax
-  import jax.numpy as jnp
   ws, step = bound.matmuls_only_step(sizes)
   cost = jax.jit(step).lower(ws, jnp.ones((32, 784))).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
