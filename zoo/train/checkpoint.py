@@ -129,33 +129,53 @@ class CheckpointManager:
   def __init__(self, directory: str | Path, keep: int = 3):
     self.directory = Path(directory)
     self.keep = max(1, keep)
+    # Steps found damaged by restore_latest: the only ones a save may delete
+    # although they are newer than the step it writes.
+    self.damaged: set[int] = set()
+    self._warned: set[str] = set()
 
   def steps(self) -> list[int]:
-    """Steps of the complete checkpoints present, oldest first."""
+    """Steps of the complete checkpoints present, oldest first: only real
+    directories named step_<N> (what save writes); a symlink or file of that
+    name is ignored with a warning, never followed or deleted."""
     if not self.directory.is_dir():
       return []
     out = []
     for p in self.directory.iterdir():
-      if p.is_dir() and p.name.startswith("step_") and p.name[5:].isdigit():
-        out.append(int(p.name[5:]))
+      if not (p.name.startswith("step_") and p.name[5:].isdigit()):
+        continue
+      if p.is_symlink() or not p.is_dir():
+        if p.name not in self._warned:
+          self._warned.add(p.name)
+          log.warning("ignoring %s: not a checkpoint directory zoo wrote (%s)",
+                      p, "a symbolic link" if p.is_symlink() else "a file")
+        continue
+      out.append(int(p.name[5:]))
     return sorted(out)
 
   def path(self, step: int) -> Path:
     return self.directory / f"step_{step:09d}"
 
   def _remove_leftovers(self, step: int) -> None:
-    """Removes what a killed save left behind, and checkpoints newer than
-    `step`: a run saving `step` resumed from before them because they were
-    damaged, and must not find them again (nor keep them over good ones)."""
+    """Removes what a killed save left behind (the caller owns the directory:
+    see zoo.train.workdir), and checkpoints newer than `step` that
+    restore_latest found damaged: the run resumed from before them and must
+    not find them again. A newer checkpoint not known to be damaged is never
+    deleted: saving below it is refused instead."""
     for p in self.directory.iterdir():
-      if p.name.startswith(_TMP_PREFIX):
+      if p.name.startswith(_TMP_PREFIX) and not p.is_symlink():
         shutil.rmtree(p, ignore_errors=True)
     for newer in self.steps():
-      if newer > step:
-        log.warning("removing checkpoint %s: it is newer than the step being "
-                    "saved (%d), so the run resumed from before it",
-                    self.path(newer), step)
-        shutil.rmtree(self.path(newer), ignore_errors=True)
+      if newer <= step:
+        continue
+      if newer not in self.damaged:
+        raise CheckpointError(
+            f"{self.path(newer)} is newer than the step being saved ({step}) "
+            "and was not found damaged; refusing to write below it. Was it "
+            "copied in from another run? Move it away and re-run.")
+      log.warning("removing damaged checkpoint %s: the run resumed from "
+                  "before it (step %d)", self.path(newer), step)
+      shutil.rmtree(self.path(newer), ignore_errors=True)
 
   def save(self, step: int, tree, meta: dict[str, Any]) -> Path:
     """Atomically writes checkpoint `step` and prunes old ones."""
@@ -206,25 +226,48 @@ class CheckpointManager:
   def restore(self, step: int, template) -> tuple[Any, dict[str, Any]]:
     """Loads checkpoint `step` into `template`'s structure, verified."""
     self.verify(step)
+    return self._load(step, template)
+
+  def _load(self, step: int, template) -> tuple[Any, dict[str, Any]]:
+    """Checkpoint `step` (already verified) in `template`'s structure."""
     path = self.path(step)
     arrays = read_npz(path / ARRAYS)
+    return unflatten(template, arrays, str(path)), self.read_meta(step)
+
+  def read_meta(self, step: int) -> dict[str, Any]:
+    """Checkpoint `step`'s meta.json (call verify first): a JSON object whose
+    step is `step`, else CheckpointError."""
+    path = self.path(step)
     try:
       meta = json.loads((path / META).read_text())
-    except ValueError as e:
-      raise CheckpointError(f"{path}/{META} is not valid JSON: {e}") from None
-    return unflatten(template, arrays, str(path)), meta
+    except (OSError, ValueError) as e:
+      raise CheckpointError(f"{path}/{META} is not readable JSON: {e}") from None
+    if not isinstance(meta, dict) or meta.get("step") != step:
+      raise CheckpointError(f"{path}/{META} is not the record of step {step} "
+                            "that zoo writes.")
+    return meta
 
-  def restore_latest(self, template) -> tuple[Any, dict[str, Any]] | None:
+  def restore_latest(self, template, check_meta=None
+                     ) -> tuple[Any, dict[str, Any]] | None:
     """The newest good checkpoint, skipping (with a warning) damaged ones;
-    None if there is none. Raises if checkpoints exist but none is good."""
+    None if there is none. Raises if checkpoints exist but none is good.
+
+    `check_meta(meta)` runs on a verified checkpoint's meta before its arrays
+    are read (e.g. to refuse a changed config with its own error, rather than
+    a shape mismatch); what it raises propagates.
+    """
     steps = self.steps()
     errors = []
     for step in reversed(steps):
       try:
-        return self.restore(step, template)
+        self.verify(step)
+        if check_meta is not None:
+          check_meta(self.read_meta(step))
+        return self._load(step, template)
       except CheckpointError as e:
         log.warning("skipping checkpoint: %s", e)
         errors.append(str(e))
+        self.damaged.add(step)
     if steps:
       raise CheckpointError(
           f"no usable checkpoint in {self.directory} (" + "; ".join(errors)

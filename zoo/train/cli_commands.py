@@ -47,7 +47,8 @@ def _add_train(sub) -> None:
   p.add_argument("--num-processes", type=int)
   p.add_argument("--process-id", type=int)
   p.add_argument("--no-progress", action="store_true",
-                 help="no progress bar (default when not a terminal)")
+                 help="a line per epoch instead of a progress bar (the "
+                      "default when not a terminal)")
   p.set_defaults(func=run_train)
 
 
@@ -66,20 +67,17 @@ def run_train(args: argparse.Namespace) -> int:
   distributed.initialize(args.coordinator_address, args.num_processes,
                          args.process_id)
   from zoo.train.loop import PREEMPTED_EXIT_CODE, Preempted, train
-  progress = False if args.no_progress else True
+  # A bar on a terminal; otherwise (batch jobs, pipes) a line per epoch as
+  # it ends.
+  progress = "bar" if sys.stderr.isatty() and not args.no_progress else "lines"
   try:
     out = train(entry, workdir=args.workdir, data_dir=args.data_dir,
                 strategy=args.strategy, devices=args.devices,
-                progress=progress and sys.stderr.isatty())
+                progress=progress)
   except Preempted as e:
     print(f"zoo: preempted: {e}", file=sys.stderr)
     return PREEMPTED_EXIT_CODE
   r = out.result
-  if out.history and not (progress and sys.stderr.isatty()):
-    for h in out.history:
-      print(f"epoch {h['epoch']:>3}: train loss {h['train_loss']:.4f}  "
-            f"test loss {h['test_loss']:.4f}  test acc "
-            f"{h['test_accuracy']:.4f}  {h['images_per_second']:,.0f} img/s")
   ips = r["train_images_per_second"]
   print(f"{r['model']}: test accuracy {100 * r['test_accuracy']:.2f}% "
         f"(loss {r['test_loss']:.4f}) after {r['epochs']} epochs, "

@@ -7,22 +7,24 @@ The loop never knows which model it runs; all of that is in the entry.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
 
 from zoo import config as config_lib
 from zoo import data, registry
-from zoo.errors import ZooError
+from zoo.errors import ConfigError, ZooError
 from zoo.train import checkpoint as ckpt_lib
 from zoo.train import strategies
 from zoo.train.evaluate import Evaluator
@@ -30,6 +32,7 @@ from zoo.train.fingerprint import params_sha256
 from zoo.train.optim import optimizer
 from zoo.train.state import TrainState, init_state
 from zoo.train.step import make_train_step
+from zoo.train.workdir import Workdir, fs_errors
 
 log = logging.getLogger("zoo.train")
 
@@ -152,10 +155,31 @@ def _versions() -> dict[str, str]:
           "python": sys.version.split()[0]}
 
 
-def _write_json(path: Path, obj) -> None:
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
-  os.replace(tmp, path)
+def epoch_line(row: dict[str, Any]) -> str:
+  """One line per finished epoch, for the progress bar and batch-job logs."""
+  return (f"epoch {row['epoch']:>3}: train loss {row['train_loss']:.4f}  "
+          f"test loss {row['test_loss']:.4f}  test acc "
+          f"{row['test_accuracy']:.4f}  {row['images_per_second']:,.0f} img/s")
+
+
+def _intact(last_ckpt: str | None) -> str:
+  return (f"The last good checkpoint ({last_ckpt}) is intact; re-run to "
+          "resume." if last_ckpt else "")
+
+
+_TIMINGS = ("train_images_per_second", "compile_seconds", "wall_seconds")
+
+
+def _keep_timings(result: dict[str, Any], previous: Path) -> None:
+  """A re-run of a finished run trains nothing: it keeps the timings that
+  result.json recorded when the training happened (same parameters only)."""
+  try:
+    old = json.loads(previous.read_text())
+  except (OSError, ValueError):
+    return
+  if (isinstance(old, dict)
+      and old.get("params_sha256") == result["params_sha256"]):
+    result.update({k: old[k] for k in _TIMINGS if k in old})
 
 
 # Settings that do not change the trained numbers: a resumed run may differ.
@@ -180,9 +204,14 @@ def _config_changes(saved: dict, cfg: dict, prefix=()) -> list[str]:
 
 def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
           data_dir: str | None = None, strategy: str = "auto",
-          devices: int | None = None, progress: bool | None = None,
+          devices: int | None = None, progress: bool | str | None = None,
           resume: bool = True, **overrides) -> TrainResult:
   """Trains a registered model and returns its parameters and metrics.
+
+  `progress`: "bar" (True) a progress bar, "lines" one flushed line per
+  epoch as it ends (for batch-job logs), False nothing; by default a bar on
+  a terminal, lines otherwise. `resume=False` starts over, deleting the
+  workdir's checkpoints.
 
   `overrides` are config keys, dotted ("optimizer.learning_rate") or bare
   when unambiguous ("epochs", "batch_size", "seed"); they are validated
@@ -197,12 +226,12 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
   cfg = entry.config
   tcfg = cfg["train"]
   t_start = time.perf_counter()
-  workdir = Path(workdir) if workdir is not None else None
-  is_main = jax.process_index() == 0
   if progress is None:
-    progress = sys.stderr.isatty()
+    progress = "bar" if sys.stderr.isatty() else "lines"
+  elif progress is True:
+    progress = "bar"
 
-  # Data: loaded (and verified) once on the host, placed on device once.
+  # Everything is checked before anything is written: data, devices, batch.
   classes = cfg["data"]["classes"] or None
   train_split = data.load(entry.dataset, cfg["data"]["train_split"],
                           data_dir=data_dir, classes=classes)
@@ -217,31 +246,77 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
     raise ZooError(f"batch size {batch} exceeds the {n_train} training "
                    "examples; lower --batch-size.")
   total_steps = tcfg["epochs"] * steps_per_epoch
-
   tx = optimizer(cfg, total_steps)
   host_state = jax.device_get(init_state(entry, tx, tcfg["seed"]))
+
+  with contextlib.ExitStack() as stack:
+    run_dir = None
+    if workdir is not None:  # owned by this run until it returns
+      run_dir = stack.enter_context(
+          Workdir(workdir, process_index=jax.process_index()))
+    return _train(entry, run_dir, progress, strat, train_split, test_split,
+                  tx, host_state, resume, t_start)
+
+
+def _check_same_config(workdir: Path, cfg: dict) -> Callable[[dict], None]:
+  """A check_meta for restore_latest: refuses a checkpoint of another
+  config (before its arrays are read, so a changed model size is reported
+  as a config change, not as a shape mismatch)."""
+  def check(meta: dict) -> None:
+    saved = meta.get("config")
+    if not isinstance(saved, dict):
+      raise ckpt_lib.CheckpointError(
+          f"checkpoint step {meta.get('step')} in {workdir} holds no config.")
+    changed = _config_changes(saved, cfg)
+    if changed:
+      other = saved.get("name")
+      raise ConfigError(
+          f"{workdir} holds a run with a different config"
+          + (f" (of {other!r})" if other and other != cfg["name"] else "")
+          + f" (changed: {', '.join(changed[:5])}); re-run with the same "
+          "settings, use a new --workdir, or delete its checkpoints/ to "
+          "start over.")
+  return check
+
+
+def _train(entry, run_dir: Workdir | None, progress, strat, train_split,
+           test_split, tx, host_state, resume: bool, t_start: float
+           ) -> TrainResult:
+  """train() once the inputs are checked and the workdir (if any) is ours."""
+  cfg = entry.config
+  tcfg = cfg["train"]
+  is_main = jax.process_index() == 0
+  workdir = run_dir.path if run_dir is not None else None
+  batch = tcfg["batch_size"]
+  n_train = len(train_split.labels)
+  steps_per_epoch = n_train // batch
+  total_steps = tcfg["epochs"] * steps_per_epoch
   history: list[dict[str, Any]] = []
 
   manager = None
   resumed_meta: dict[str, Any] = {}
-  if workdir is not None:
-    workdir.mkdir(parents=True, exist_ok=True)
+  if run_dir is not None:
     manager = ckpt_lib.CheckpointManager(workdir / "checkpoints",
                                          tcfg["keep_checkpoints"])
-    if is_main:
-      _write_json(workdir / "config.json", cfg)
-    restored = manager.restore_latest(host_state) if resume else None
+    if not resume and manager.steps() and is_main:
+      log.warning("resume=False: removing the %d checkpoint(s) in %s to "
+                  "start over", len(manager.steps()), manager.directory)
+      with fs_errors(f"remove the old checkpoints in {manager.directory}"):
+        for old in manager.steps():
+          shutil.rmtree(manager.path(old))
+    restored = (manager.restore_latest(
+        host_state, check_meta=_check_same_config(workdir, cfg))
+                if resume else None)
     if restored is not None:
       host_state, meta = restored
-      changed = _config_changes(meta.get("config") or {}, cfg)
-      if changed:
-        raise ZooError(
-            f"{workdir} holds a run with a different config (changed: "
-            f"{', '.join(changed[:5])}); re-run with the same settings, use "
-            "a new --workdir, or delete its checkpoints/ to start over.")
       history = meta.get("history", [])
       resumed_meta = meta
       log.info("resumed from step %d", int(host_state.step))
+      if progress and is_main:
+        print(f"resumed from step {int(host_state.step)} of {total_steps} "
+              f"({manager.path(int(meta['step']))})", flush=True)
+    if is_main:  # the config is accepted: now the workdir may describe it
+      run_dir.write_json("config.json", cfg)
 
   loop_kind = choose_loop(tcfg["loop"], host_state.params,
                           strat.devices[0].platform)
@@ -266,9 +341,13 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
                               if step % steps_per_epoch else None),
             "params_sha256": params_sha256(state_host.params),
             "versions": _versions()}
-    if is_main:
+    if not is_main:
+      return None
+    with fs_errors(f"save checkpoint step {step} in {manager.directory}",
+                   (f"The last good checkpoint ({last_ckpt}) is intact; "
+                    "fix that and re-run the same command to resume."
+                    if last_ckpt else "No checkpoint was written yet.")):
       return str(manager.save(step, state_host, meta))
-    return None
 
   # Compile ahead of time so that compilation is timed on its own.
   t0 = time.perf_counter()
@@ -298,7 +377,7 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
   train_seconds = 0.0
   images_seen = 0
   bar = None
-  if progress and is_main:
+  if progress == "bar" and is_main:
     from tqdm.auto import tqdm
     bar = tqdm(total=total_steps, initial=step, unit="step",
                desc=entry.name, dynamic_ncols=True)
@@ -393,14 +472,14 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
              "wall_seconds": time.perf_counter() - t_start}
       history.append(row)
       if bar is not None:
-        bar.write(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f} "
-                  f"test loss {ev['loss']:.4f} test acc {ev['accuracy']:.4f} "
-                  f"({row['images_per_second']:,.0f} img/s)")
-      if workdir is not None and is_main:
+        bar.write(epoch_line(row))
+      elif progress == "lines" and is_main:  # batch jobs: a line as it ends
+        print(epoch_line(row), flush=True)
+      if run_dir is not None and is_main:
         # Rewritten whole from history, so a resumed run never repeats a row.
-        tmp = workdir / "metrics.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
-        os.replace(tmp, workdir / "metrics.jsonl")
+        run_dir.write_text("metrics.jsonl",
+                           "".join(json.dumps(h) + "\n" for h in history),
+                           _intact(last_ckpt))
       if (step >= total_steps or preempt.requested
           or (ckpt_every and step % ckpt_every == 0)):
         last_ckpt = save(state_host) or last_ckpt
@@ -434,10 +513,13 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
       "config": cfg,
       "versions": _versions(),
   }
-  if workdir is not None and is_main:
-    _write_json(workdir / "result.json", result)
+  if run_dir is not None and is_main:
+    if not images_seen:  # nothing trained now: keep the run's own timings
+      _keep_timings(result, workdir / "result.json")
+    run_dir.write_json("result.json", result, _intact(last_ckpt))
     from zoo.train.plots import plot_learning_curve
-    plot_learning_curve(history, workdir / "learning_curve.png", entry.name)
+    with fs_errors(f"write {workdir / 'learning_curve.png'}"):
+      plot_learning_curve(history, workdir / "learning_curve.png", entry.name)
   return TrainResult(params=state_host.params,
                      model_state=state_host.model_state, history=history,
                      result=result, entry=entry)

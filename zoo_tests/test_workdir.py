@@ -1,0 +1,342 @@
+"""A workdir belongs to one run: the lock (real processes), validate-then-write,
+checkpoint discovery that trusts only what zoo wrote, filesystem faults, and
+what a batch job's log shows."""
+import errno
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zoo import cli
+from zoo.errors import ConfigError
+from zoo.train import checkpoint as ckpt_lib
+from zoo.train import loop
+from zoo.train.workdir import (LOCK_PREFIX, Workdir, WorkdirBusyError,
+                               WorkdirError)
+
+REPO = Path(__file__).resolve().parent.parent
+
+# 2048 / 64 = 32 steps per epoch, 96 steps, a checkpoint every 16 steps.
+OVERRIDES = {"train.epochs": 3, "train.batch_size": 64,
+             "train.checkpoint_every": 16,
+             "data.train_split": "train[:2048]",
+             "data.test_split": "test[:500]"}
+CLI_ARGS = ["mlp_fashion_mnist", "--epochs", "3", "--batch-size", "64",
+            "--checkpoint-every", "16", "--devices", "1", "--no-progress",
+            "--set", "data.train_split='train[:2048]'",
+            "--set", "data.test_split='test[:500]'"]
+
+
+def _train(workdir, name="mlp_fashion_mnist", **kw):
+  return loop.train(name, workdir=workdir, devices=1, progress=False,
+                    **{**OVERRIDES, **kw})
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """CLI_ARGS's run, uninterrupted, in this process."""
+  return _train(tmp_path_factory.mktemp("reference"))
+
+
+def _env():
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+  return env
+
+
+def _zoo(*argv, **kw):
+  return subprocess.Popen([sys.executable, "-m", "zoo.cli", *argv], cwd=REPO,
+                          env=_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _snapshot(workdir: Path) -> dict[str, bytes]:
+  """Every file under `workdir` (the lock files aside) and its bytes."""
+  return {str(p.relative_to(workdir)): p.read_bytes()
+          for p in sorted(workdir.rglob("*"))
+          if p.is_file() and not p.name.startswith(LOCK_PREFIX)}
+
+
+def _wait_for(predicate, proc, what: str, timeout: float = 120):
+  deadline = time.monotonic() + timeout
+  while not predicate():
+    if proc.poll() is not None or time.monotonic() > deadline:
+      out, err = proc.communicate()
+      pytest.fail(f"{what} never happened ({proc.returncode}):\n{out}\n{err}")
+    time.sleep(0.01)
+
+
+# --- the lock ------------------------------------------------------------------
+
+def test_second_run_on_a_busy_workdir_refuses_and_touches_nothing(
+    tmp_path, reference):
+  """Run A is frozen (SIGSTOP) mid-run holding the workdir; run B, with
+  another config, refuses at once naming A, and changes no file; A then
+  finishes exactly as if alone."""
+  first = _zoo("train", *CLI_ARGS, "--workdir", str(tmp_path))
+  manager = ckpt_lib.CheckpointManager(tmp_path / "checkpoints")
+  try:
+    _wait_for(lambda: manager.steps(), first, "a first checkpoint")
+    first.send_signal(signal.SIGSTOP)
+    before = _snapshot(tmp_path)
+    second = _zoo("train", "logreg_fashion_mnist", "--epochs", "1",
+                  "--devices", "1", "--workdir", str(tmp_path))
+    out, err = second.communicate(timeout=120)
+    assert second.returncode == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "in use by another zoo run" in err
+    assert f"pid {first.pid}" in err and "another --workdir" in err
+    assert _snapshot(tmp_path) == before
+  finally:
+    first.send_signal(signal.SIGCONT)
+  out, err = first.communicate(timeout=300)
+  assert first.returncode == 0, err
+  result = json.loads((tmp_path / "result.json").read_text())
+  assert result["params_sha256"] == reference.result["params_sha256"]
+  assert result["config"] == reference.result["config"]
+
+
+def test_lock_is_released_at_exit_and_taken_over_after_a_kill(tmp_path,
+                                                             reference):
+  """A SIGKILLed run leaves its holder record but no lock (the kernel drops
+  it): the next run takes over, says so, and resumes bit-exactly."""
+  first = _zoo("train", *CLI_ARGS, "--workdir", str(tmp_path))
+  manager = ckpt_lib.CheckpointManager(tmp_path / "checkpoints")
+  _wait_for(lambda: manager.steps(), first, "a first checkpoint")
+  first.kill()
+  first.wait()
+  lock = tmp_path / f"{LOCK_PREFIX}0"
+  assert json.loads(lock.read_text())["pid"] == first.pid
+  again = _zoo("train", *CLI_ARGS, "--workdir", str(tmp_path))
+  out, err = again.communicate(timeout=300)
+  assert again.returncode == 0, err
+  assert "ended without releasing" in err and str(first.pid) in err
+  assert "resumed from step" in out
+  result = json.loads((tmp_path / "result.json").read_text())
+  assert result["params_sha256"] == reference.result["params_sha256"]
+  assert lock.read_text() == ""  # released cleanly this time
+
+
+def test_lock_between_processes_names_the_holder(tmp_path):
+  with Workdir(tmp_path):
+    proc = _zoo("train", "logreg_fashion_mnist", "--epochs", "1",
+                "--devices", "1", "--workdir", str(tmp_path))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    assert f"pid {os.getpid()}" in err and err.count("\n") == 1
+  with Workdir(tmp_path):  # released: it can be taken again
+    pass
+
+
+def test_lock_is_exclusive_within_one_process_too(tmp_path):
+  with Workdir(tmp_path):
+    with pytest.raises(WorkdirBusyError, match="in use by another zoo run"):
+      with Workdir(tmp_path):
+        pass
+
+
+# --- validate, then write --------------------------------------------------------
+
+def test_refused_resume_writes_nothing(tmp_path, reference):
+  """Another model, or another model size, on a finished workdir: refused
+  as a config change (not a shape mismatch), and the workdir still
+  describes its own run byte for byte."""
+  _train(tmp_path)
+  before = _snapshot(tmp_path)
+  with pytest.raises(ConfigError, match=r"different config \(of "
+                     r"'mlp_fashion_mnist'\).*model.arch"):
+    _train(tmp_path, name="logreg_fashion_mnist")
+  with pytest.raises(ConfigError, match=r"changed: model.hidden_sizes"):
+    _train(tmp_path, **{"model.hidden_sizes": [64]})
+  assert _snapshot(tmp_path) == before
+  assert json.loads((tmp_path / "config.json").read_text())["name"] == (
+      "mlp_fashion_mnist")
+
+
+def test_refused_resume_by_the_zoo_command(tmp_path, capsys):
+  _train(tmp_path)
+  before = _snapshot(tmp_path)
+  code = cli.main(["train", "logreg_fashion_mnist", "--devices", "1",
+                   "--workdir", str(tmp_path)])
+  err = capsys.readouterr().err
+  assert code == 2 and err.count("\n") == 1, err
+  assert "different config" in err and "new --workdir" in err
+  assert _snapshot(tmp_path) == before
+
+
+def test_rerun_of_a_finished_run_keeps_its_timings(tmp_path):
+  first = _train(tmp_path).result
+  again = _train(tmp_path).result
+  assert first["train_images_per_second"] > 0
+  for key in ("train_images_per_second", "compile_seconds", "wall_seconds",
+              "params_sha256", "test_accuracy"):
+    assert again[key] == first[key], key
+  saved = json.loads((tmp_path / "result.json").read_text())
+  assert saved["train_images_per_second"] == first["train_images_per_second"]
+
+
+def test_resume_false_starts_over(tmp_path, reference, caplog):
+  _train(tmp_path, **{"train.seed": 1})
+  with caplog.at_level(logging.WARNING, logger="zoo.train"):
+    out = _train(tmp_path, resume=False)
+  assert "removing the 3 checkpoint(s)" in caplog.text
+  assert out.result["params_sha256"] == reference.result["params_sha256"]
+
+
+# --- checkpoint discovery ---------------------------------------------------------
+
+def test_symlink_named_like_a_newer_checkpoint_is_ignored(tmp_path, reference,
+                                                         caplog):
+  """A link step_<huge> -> an old checkpoint: a re-run neither rolls back
+  nor deletes the real checkpoints, and zoo eval reads the real newest."""
+  _train(tmp_path)
+  ckdir = tmp_path / "checkpoints"
+  real = sorted(p.name for p in ckdir.iterdir())
+  os.symlink(ckdir / real[0], ckdir / "step_999999999")
+  (ckdir / "step_999999998").write_text("not a checkpoint")
+  with caplog.at_level(logging.WARNING, logger="zoo.checkpoint"):
+    out = _train(tmp_path)
+  assert "not a checkpoint directory zoo wrote (a symbolic link)" in caplog.text
+  assert out.result["params_sha256"] == reference.result["params_sha256"]
+  assert out.result["steps"] == 96
+  assert sorted(p.name for p in ckdir.iterdir() if p.is_dir()
+                and not p.is_symlink()) == real
+  assert (ckdir / "step_999999999").is_symlink()  # not ours to delete
+
+
+def test_zoo_eval_ignores_a_symlinked_checkpoint(tmp_path, reference, capsys):
+  _train(tmp_path)
+  ckdir = tmp_path / "checkpoints"
+  oldest = sorted(ckdir.iterdir())[0]
+  os.symlink(oldest, ckdir / "step_999999999")
+  assert cli.main(["eval", "mlp_fashion_mnist", "--workdir",
+                   str(tmp_path)]) == 0
+  res = json.loads(capsys.readouterr().out)
+  assert res["accuracy"] == reference.result["test_accuracy"]
+
+
+def _tree(value=0.0):
+  return {"w": np.full((2, 3), value, np.float32),
+          "step": np.int32(value)}
+
+
+def test_meta_that_is_not_a_record_is_damaged(tmp_path, caplog):
+  """meta.json of `[]` whose sha256.json was rewritten to match."""
+  manager = ckpt_lib.CheckpointManager(tmp_path, keep=3)
+  manager.save(1, _tree(1), {})
+  manager.save(2, _tree(2), {})
+  path = manager.path(2)
+  (path / "meta.json").write_text("[]")
+  digests = json.loads((path / "sha256.json").read_text())
+  digests["meta.json"] = ckpt_lib._sha256(path / "meta.json")
+  (path / "sha256.json").write_text(json.dumps(digests))
+  manager.verify(2)  # the digests match ...
+  with caplog.at_level(logging.WARNING, logger="zoo.checkpoint"):
+    tree, meta = manager.restore_latest(_tree())  # ... the record does not
+  assert meta["step"] == 1 and "not the record of step 2" in caplog.text
+  np.testing.assert_array_equal(tree["w"], _tree(1)["w"])
+
+
+def test_a_newer_checkpoint_not_known_damaged_is_never_deleted(tmp_path):
+  manager = ckpt_lib.CheckpointManager(tmp_path, keep=2)
+  manager.save(20, _tree(), {})
+  other = ckpt_lib.CheckpointManager(tmp_path, keep=2)  # never restored
+  with pytest.raises(ckpt_lib.CheckpointError, match="refusing to write "
+                     "below it"):
+    other.save(10, _tree(), {})
+  assert manager.steps() == [20]
+  manager.verify(20)
+
+
+# --- filesystem faults --------------------------------------------------------------
+
+def test_workdir_that_is_a_file(tmp_path, capsys):
+  target = tmp_path / "file"
+  target.write_text("mine")
+  code = cli.main(["train", "logreg_fashion_mnist", "--epochs", "1",
+                   "--devices", "1", "--workdir", str(target)])
+  err = capsys.readouterr().err
+  assert code == 2 and err.count("\n") == 1, err
+  assert "is a file, not a directory" in err
+  assert target.read_text() == "mine"
+
+
+def test_checkpoints_that_is_a_file(tmp_path):
+  (tmp_path / "checkpoints").write_text("mine")
+  with pytest.raises(WorkdirError, match="checkpoints is a file"):
+    _train(tmp_path)
+  assert (tmp_path / "checkpoints").read_text() == "mine"
+
+
+def test_disk_full_during_a_save_keeps_the_last_good_checkpoint(
+    tmp_path, reference, monkeypatch):
+  """The third save fails with ENOSPC: one-line error naming the intact
+  checkpoint, no partial one left, and a re-run resumes bit-exactly."""
+  real_write = ckpt_lib.write_npz
+  calls = []
+
+  def full_disk(path, arrays):
+    calls.append(path)
+    if len(calls) == 3:
+      with open(path, "wb") as f:
+        f.write(b"PK\x03\x04 half")
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return real_write(path, arrays)
+
+  monkeypatch.setattr(ckpt_lib, "write_npz", full_disk)
+  with pytest.raises(WorkdirError) as info:
+    _train(tmp_path)
+  msg = str(info.value)
+  assert "\n" not in msg
+  assert "No space left on device" in msg and "free some space" in msg
+  assert "step_000000032) is intact" in msg
+  ckdir = tmp_path / "checkpoints"
+  assert sorted(p.name for p in ckdir.iterdir()) == ["step_000000016",
+                                                     "step_000000032"]
+  monkeypatch.undo()
+  out = _train(tmp_path)
+  assert out.result["params_sha256"] == reference.result["params_sha256"]
+
+
+def test_read_only_workdir_is_one_line(tmp_path, capsys, monkeypatch):
+  """A workdir on a read-only filesystem (EROFS at the first write, the
+  lock file): one line saying so, nothing written. (Tests run as root,
+  which file permissions do not stop, so the fault is injected.)"""
+  from zoo.train import workdir as workdir_lib
+  real_open = os.open
+
+  def read_only(path, flags, *args):
+    if flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR):
+      raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+    return real_open(path, flags, *args)
+
+  monkeypatch.setattr(workdir_lib.os, "open", read_only)
+  code = cli.main(["train", "logreg_fashion_mnist", "--epochs", "1",
+                   "--devices", "1", "--workdir", str(tmp_path)])
+  err = capsys.readouterr().err
+  assert code == 2 and err.count("\n") == 1, err
+  assert err.startswith("zoo: error: could not lock the workdir")
+  assert "Read-only file system" in err and "writable --workdir" in err
+  assert list(tmp_path.iterdir()) == []
+
+
+# --- what a batch job's log shows ---------------------------------------------------
+
+def test_without_a_tty_each_epoch_prints_a_line_as_it_ends(tmp_path):
+  proc = _zoo("train", *CLI_ARGS, "--workdir", str(tmp_path))
+  first = proc.stdout.readline()
+  still_running = proc.poll() is None
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err
+  assert first.startswith("epoch   1: train loss") and still_running
+  lines = [first, *out.splitlines()]
+  assert [l.split(":")[0] for l in lines[:3]] == [
+      "epoch   1", "epoch   2", "epoch   3"]
+  assert "test accuracy" in lines[3]
