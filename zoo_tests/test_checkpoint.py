@@ -14,6 +14,7 @@ import pytest
 
 import zoo
 from zoo import cli, registry
+from zoo import data as zoo_data
 from zoo.errors import ZooError
 from zoo.train import checkpoint as ckpt_lib
 from zoo.train import loop, weights
@@ -223,13 +224,13 @@ def test_sigterm_in_process_saves_then_resume_matches(reference, tmp_path,
   after that epoch's first step, saves there (step 17, mid-chunk and
   mid-epoch) and raises Preempted; re-running resumes to the same numbers."""
   _, ref = reference
-  real_indices = loop.data.epoch_indices
+  real_indices = zoo_data.epoch_indices
 
   def indices_then_sigterm(seed, epoch, *args, **kwargs):
     if epoch == 1:
       os.kill(os.getpid(), signal.SIGTERM)
     return real_indices(seed, epoch, *args, **kwargs)
-  monkeypatch.setattr(loop.data, "epoch_indices", indices_then_sigterm)
+  monkeypatch.setattr(zoo_data, "epoch_indices", indices_then_sigterm)
   with pytest.raises(loop.Preempted, match="saved step 17 "):
     _train(tmp_path)
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
@@ -305,7 +306,7 @@ def test_eval_workdir_and_weights_reproduce_result(reference, tmp_path,
 
 
 def test_resume_accepts_checkpoints_from_before_a_new_config_key():
-  from zoo.train.loop import _config_changes
+  from zoo.train.run import config_changes as _config_changes
   cfg = zoo.get("mlp_fashion_mnist").config
   older = copy.deepcopy(cfg)
   del older["train"]["compute_dtype"]  # written before the key existed

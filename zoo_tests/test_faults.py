@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 
 from zoo import cli, registry
+from zoo import data as zoo_data
 from zoo.train import checkpoint as ckpt_lib
 from zoo.train import loop, weights
+from zoo.train.preemption import Preemption
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -315,7 +317,7 @@ def test_bad_config_is_rejected_before_device_work(capsys, monkeypatch,
   from zoo.train import distributed
   monkeypatch.setattr(loop, "train", no)
   monkeypatch.setattr(distributed, "initialize", no)
-  monkeypatch.setattr(loop.data, "load", no)
+  monkeypatch.setattr(zoo_data, "load", no)
   err = _one_line_error(capsys, "train", MODEL, "--set", setting)
   for word in words:
     assert word in err
@@ -343,7 +345,7 @@ def test_multihost_preemption_uses_the_sync_point(monkeypatch, caplog):
   monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point",
                       sync_point)
   before = signal.getsignal(signal.SIGTERM)
-  with loop._Preemption() as p:
+  with Preemption() as p:
     # JAX's preemption service listens for SIGTERM; no Python handler.
     assert signal.getsignal(signal.SIGTERM) is before
     assert [p.check() for _ in range(3)] == [False, False, True]
@@ -353,7 +355,7 @@ def test_multihost_preemption_uses_the_sync_point(monkeypatch, caplog):
     raise RuntimeError("Preemption sync manager has not been initialized.")
   monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point",
                       unavailable)
-  with loop._Preemption() as p:
+  with Preemption() as p:
     assert [p.check() for _ in range(3)] == [False] * 3
   assert sum("preemption sync is unavailable" in r.getMessage()
              for r in caplog.records) == 1

@@ -1,0 +1,203 @@
+"""Preparing a run: everything checked before anything is written, then the
+run's checkpoints (restore at start, refusing another config; save with the
+loop's bookkeeping)."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+
+from zoo import config as config_lib
+from zoo import data, registry
+from zoo.errors import ConfigError, ZooError
+from zoo.train import checkpoint as ckpt_lib
+from zoo.train import strategies
+from zoo.train.fingerprint import params_sha256
+from zoo.train.optim import optimizer
+from zoo.train.state import TrainState, init_state
+from zoo.train.workdir import Workdir, fs_errors
+
+log = logging.getLogger("zoo.train")
+
+
+@dataclasses.dataclass
+class Run:
+  """A checked run: its entry, data on the host, strategy, optimizer and
+  initial state (on the host), and its step arithmetic."""
+  entry: registry.ModelEntry
+  strat: strategies.Strategy
+  train_split: Any
+  test_split: Any
+  tx: Any
+  initial_state: TrainState
+  steps_per_epoch: int
+  total_steps: int
+
+  @property
+  def config(self) -> dict[str, Any]:
+    return self.entry.config
+
+  def chunk_end(self, step: int) -> int:
+    """Where the chunk starting at global `step` ends, as an offset in its
+    epoch: the next checkpoint step or the end of the epoch."""
+    epoch = step // self.steps_per_epoch
+    end = self.steps_per_epoch
+    every = self.config["train"]["checkpoint_every"]
+    if every:
+      end = min(end, (step // every + 1) * every - epoch * self.steps_per_epoch)
+    return end
+
+  def is_checkpoint_step(self, step: int) -> bool:
+    every = self.config["train"]["checkpoint_every"]
+    return bool(every) and step % every == 0
+
+
+def prepare(name_or_entry, overrides: dict[str, Any], *, data_dir=None,
+            strategy: str = "auto", devices: int | None = None) -> Run:
+  """Resolves and validates the config, loads (and verifies) the data,
+  picks the strategy and builds the initial state; writes nothing."""
+  entry = (registry.get(name_or_entry) if isinstance(name_or_entry, str)
+           else name_or_entry)
+  if overrides:
+    entry = registry.with_config(entry, overrides)
+  cfg = entry.config
+  tcfg = cfg["train"]
+  classes = cfg["data"]["classes"] or None
+  train_split = data.load(entry.dataset, cfg["data"]["train_split"],
+                          data_dir=data_dir, classes=classes)
+  test_split = data.load(entry.dataset, cfg["data"]["test_split"],
+                         data_dir=data_dir, classes=classes)
+  strat = strategies.make(strategy, devices)
+  batch = tcfg["batch_size"]
+  strat.check_batch(batch)
+  n_train = len(train_split.labels)
+  steps_per_epoch = n_train // batch
+  if steps_per_epoch == 0:
+    raise ZooError(f"batch size {batch} exceeds the {n_train} training "
+                   "examples; lower --batch-size.")
+  total_steps = tcfg["epochs"] * steps_per_epoch
+  tx = optimizer(cfg, total_steps)
+  state = jax.device_get(init_state(entry, tx, tcfg["seed"]))
+  return Run(entry, strat, train_split, test_split, tx, state,
+             steps_per_epoch, total_steps)
+
+
+def versions() -> dict[str, str]:
+  import haiku
+  import jaxlib
+  import optax
+  return {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
+          "haiku": haiku.__version__, "optax": optax.__version__,
+          "python": sys.version.split()[0]}
+
+
+# Settings that do not change the trained numbers: a resumed run may differ.
+_RESUME_FREE = {("train", "checkpoint_every"), ("train", "keep_checkpoints")}
+
+
+def config_changes(saved: dict, cfg: dict, prefix=()) -> list[str]:
+  """Dotted keys whose values differ between a checkpoint's config and
+  this run's (settings in _RESUME_FREE excepted). A key that a checkpoint
+  from an older zoo lacks counts as its default."""
+  out = []
+  defaults = config_lib.DEFAULTS.get(prefix[0], {}) if len(prefix) == 1 else {}
+  for key in sorted(set(saved) | set(cfg)):
+    path = (*prefix, key)
+    a, b = saved.get(key, defaults.get(key)), cfg.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += config_changes(a, b, path)
+    elif a != b and path not in _RESUME_FREE:
+      out.append(".".join(path))
+  return out
+
+
+def same_config_check(workdir: Path, cfg: dict) -> Callable[[dict], None]:
+  """A check_meta for restore_latest: refuses a checkpoint of another
+  config before its arrays are read (so a changed model size is reported
+  as a config change, not as a shape mismatch)."""
+  def check(meta: dict) -> None:
+    saved = meta.get("config")
+    if not isinstance(saved, dict):
+      raise ckpt_lib.CheckpointError(
+          f"checkpoint step {meta.get('step')} in {workdir} holds no config.")
+    changed = config_changes(saved, cfg)
+    if changed:
+      other = saved.get("name")
+      raise ConfigError(
+          f"{workdir} holds a run with a different config"
+          + (f" (of {other!r})" if other and other != cfg["name"] else "")
+          + f" (changed: {', '.join(changed[:5])}); re-run with the same "
+          "settings, use a new --workdir, or delete its checkpoints/ to "
+          "start over.")
+  return check
+
+
+class RunCheckpoints:
+  """The checkpoints of a run in `run_dir` (none without one). `last` is the
+  newest good checkpoint on disk, named in error messages."""
+
+  def __init__(self, run_dir: Workdir | None, run: Run):
+    self.run_dir, self.run = run_dir, run
+    self.is_main = jax.process_index() == 0
+    self.last: str | None = None
+    self.manager = None
+    if run_dir is not None:
+      self.manager = ckpt_lib.CheckpointManager(
+          run_dir.path / "checkpoints", run.config["train"]["keep_checkpoints"])
+
+  def restore(self, resume: bool) -> tuple[TrainState, dict[str, Any]]:
+    """(state, checkpoint meta) to start from: the newest good checkpoint
+    of the same config, or the initial state and {}. Then, the config being
+    accepted, config.json is written."""
+    state, meta = self.run.initial_state, {}
+    if self.manager is None:
+      return state, meta
+    if not resume:
+      self._remove_all()
+    restored = resume and self.manager.restore_latest(
+        state, check_meta=same_config_check(self.run_dir.path,
+                                            self.run.config))
+    if restored:
+      state, meta = restored
+      self.last = str(self.manager.path(int(meta["step"])))
+      log.info("resumed from step %d", int(state.step))
+    if self.is_main:
+      self.run_dir.write_json("config.json", self.run.config)
+    return state, meta
+
+  def _remove_all(self) -> None:
+    steps = self.manager.steps()
+    if not steps or not self.is_main:
+      return
+    log.warning("resume=False: removing the %d checkpoint(s) in %s to start "
+                "over", len(steps), self.manager.directory)
+    with fs_errors(f"remove the old checkpoints in {self.manager.directory}"):
+      for step in steps:
+        shutil.rmtree(self.manager.path(step))
+
+  def save(self, state: TrainState, history: list[dict[str, Any]],
+           partial: dict[str, Any] | None) -> None:
+    """Saves `state` (host copy) with the run's history and, mid-epoch, the
+    epoch's running sums; sets `last`."""
+    if self.manager is None or not self.is_main:
+      return
+    step = int(state.step)
+    spe = self.run.steps_per_epoch
+    meta = {"config": self.run.config, "history": history,
+            "epoch": step // spe, "step_in_epoch": step % spe,
+            # Running sums of the unfinished epoch, so that a resumed run
+            # reports the same epoch train loss/accuracy.
+            "epoch_partial": partial if step % spe else None,
+            "params_sha256": params_sha256(state.params),
+            "versions": versions()}
+    after = (f"The last good checkpoint ({self.last}) is intact; fix that "
+             "and re-run the same command to resume." if self.last
+             else "No checkpoint was written yet.")
+    with fs_errors(f"save checkpoint step {step} in {self.manager.directory}",
+                   after):
+      self.last = str(self.manager.save(step, state, meta))
