@@ -295,3 +295,21 @@ def test_unregister_removes(tiny_model):
     zoo.get(tiny_model)
   registry.unregister(tiny_model)  # idempotent
 
+
+# -- pretrained weights and overrides -----------------------------------------------
+
+def test_pretrained_with_overrides_says_why():
+  """The shipped weights are for the registered config: an override that
+  changes the architecture is refused, saying so (not "not measured")."""
+  from zoo import pretrained
+  assert zoo.get("mlp_fashion_mnist").baseline["pretrained"]
+  with pytest.raises(pretrained.PretrainedNotAvailableError) as info:
+    zoo.get("mlp_fashion_mnist", pretrained=True, activation="gelu")
+  msg = str(info.value)
+  assert "registered config" in msg and "architecture" in msg
+  assert "model.activation: 'relu' -> 'gelu'" in msg
+  assert "--set model.activation=gelu" in msg
+  assert "not measured" not in msg
+  # An override equal to the registered value changes nothing: weights load.
+  entry = zoo.get("mlp_fashion_mnist", pretrained=True, activation="relu")
+  assert entry.params is not None
