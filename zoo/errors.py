@@ -78,3 +78,10 @@ class UnknownConfigKeyError(ConfigError, _MessageKeyError):
 class InputError(ZooError, ValueError):
   """An input array has the wrong shape or dtype for the model."""
 
+
+class DistributedError(ZooError, ValueError):
+  """Multi-host flags are inconsistent, or the processes could not meet."""
+
+
+class PeerTimeoutError(DistributedError):
+  """Not every process of a multi-host job joined within the timeout."""
