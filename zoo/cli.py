@@ -1,7 +1,8 @@
 """The `zoo` command: list | info | train | eval | baselines.
 
-Errors the user can fix (bad name, bad key, missing data) print one line and
-exit with status 2; they never print a traceback.
+Errors the user can fix (bad name, bad key, missing data, bad flags) are
+ZooErrors: they print one line `zoo: error: ...` and exit with status 2, as
+argparse's usage errors do; a traceback means a bug in zoo.
 """
 from __future__ import annotations
 
@@ -75,8 +76,22 @@ def _cmd_info(args: argparse.Namespace) -> int:
   return 0
 
 
+def one_line(message: str) -> str:
+  """`message` on one line: its lines joined, indentation dropped."""
+  return " ".join(line.strip() for line in str(message).splitlines()
+                  if line.strip())
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse with one-line usage errors (status 2), like every zoo error."""
+
+  def error(self, message: str):
+    self.exit(2, f"zoo: error: {one_line(message)} (see `{self.prog} "
+                 "--help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
+  parser = _Parser(
       prog="zoo", description="A model zoo for JAX built on Haiku.")
   sub = parser.add_subparsers(dest="command", required=True)
   p = sub.add_parser("list", help="list registered models")
@@ -104,9 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   try:
     return args.func(args)
-  except (ZooError, KeyError, FileNotFoundError) as e:
-    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-    print(f"zoo: error: {msg}", file=sys.stderr)
+  except ZooError as e:
+    print(f"zoo: error: {one_line(e)}", file=sys.stderr)
     return 2
   except KeyboardInterrupt:
     print("zoo: interrupted", file=sys.stderr)

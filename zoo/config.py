@@ -4,12 +4,16 @@ A config is a nested dict with the sections below. Defaults live here; each
 config file states what differs for its model; overrides (`--set a.b=v`,
 `zoo.get(name, **model_kw)`) come last. Every key is checked: the `model`
 section against the architecture's constructor signature, `optimizer` against
-the optax function it names, the rest against DEFAULTS.
+the optax function it names, the rest against DEFAULTS. Every value is then
+checked against its range (VALUE_RANGES; model arguments by kind,
+MODEL_ARG_KINDS), so a bad one is refused before any device work.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
+import math
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -19,7 +23,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
   import tomli as tomllib
 
-from zoo.errors import ConfigError, UnknownConfigKeyError
+from zoo.errors import (ConfigError, ConfigValueError, UnknownConfigKeyError,
+                        close_matches)
 
 Config = dict[str, Any]
 
@@ -88,6 +93,9 @@ def _check_type(key: str, value: Any, default: Any) -> Any:
       return value
   elif isinstance(default, float):
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+      if not math.isfinite(value):
+        raise ConfigValueError(key, value, "a finite number",
+                               "NaN and infinity are never valid settings")
       return float(value)
   elif isinstance(default, str):
     if isinstance(value, str):
@@ -148,22 +156,161 @@ def validate(config: Config, arch_fn: Callable[..., Any] | None = None) -> Confi
   return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Allowed:
+  """The allowed values of one kind of setting: a test, how a message says it,
+  and a hint on how to fix a bad value. A choice of names keeps `names`
+  (asked on use, so registries may grow) to suggest the closest ones."""
+  text: str
+  ok: Callable[[Any], bool]
+  hint: str = ""
+  names: Callable[[], list[str]] | None = None
+
+  def check(self, key: str, value: Any) -> None:
+    """Raises ConfigValueError naming `key`, `value`, the range and a fix."""
+    if self.ok(value):
+      return
+    hints = [self.hint] if self.hint else []
+    if self.names is not None:
+      names = self.names()
+      near = close_matches(value, names) if isinstance(value, str) else []
+      hints = ([f"did you mean {', '.join(near)}?"] if near else []) + [
+          f"choose one of: {', '.join(names)}"]
+    raise ConfigValueError(key, value, self.text, " ".join(hints))
+
+
+def _is_int(v: Any) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+  return (isinstance(v, (int, float)) and not isinstance(v, bool)
+          and math.isfinite(v))
+
+
+def int_range(lo: int, hi: int | None = None, hint: str = "") -> Allowed:
+  """An int in lo..hi (hi None: no upper bound)."""
+  text = f"an int >= {lo}" if hi is None else f"an int in {lo}..{hi}"
+  return Allowed(text, lambda v: _is_int(v) and lo <= v and
+                 (hi is None or v <= hi), hint)
+
+
+def float_range(lo: float, hi: float | None = None, *, lo_open: bool = False,
+                hi_open: bool = False, hint: str = "") -> Allowed:
+  """A finite number between lo and hi; *_open leaves that bound out."""
+  if hi is None:
+    text = f"a finite number {'>' if lo_open else '>='} {lo:g}"
+  else:
+    text = (f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}"
+            f"{')' if hi_open else ']'}")
+
+  def ok(v: Any) -> bool:
+    return (_is_number(v) and (v > lo if lo_open else v >= lo) and
+            (hi is None or (v < hi if hi_open else v <= hi)))
+  return Allowed(text, ok, hint)
+
+
+def one_of(names: Callable[[], list[str]], what: str) -> Allowed:
+  """A name that `names()` lists (an activation, a schedule, ...)."""
+  return Allowed(f"a known {what}",
+                 lambda v: isinstance(v, str) and v in names(), names=names)
+
+
+def _fixed(*names: str) -> Callable[[], list[str]]:
+  return lambda: list(names)
+
+
+def _activation_names() -> list[str]:
+  from zoo import activations
+  return activations.names()
+
+
+def _initializer_names() -> list[str]:
+  from zoo import initializers
+  return initializers.names()
+
+
+def _pool_names() -> list[str]:
+  from zoo.models.cnn_bn import POOLS
+  return list(POOLS)
+
+
+UINT32_MAX = 2**32 - 1
+
+# The range of every non-model setting, by dotted key.
+VALUE_RANGES: dict[str, Allowed] = {
+    "train.batch_size": int_range(1, hint="it is the global batch, e.g. 128"),
+    "train.epochs": int_range(0, hint="e.g. 10"),
+    "train.seed": int_range(0, UINT32_MAX,
+                            hint="pick a seed in that range, e.g. 0"),
+    "train.eval_batch_size": int_range(1, hint="e.g. 1000"),
+    "train.checkpoint_every": int_range(
+        0, hint="a number of steps, or 0 to save only at the end"),
+    "train.keep_checkpoints": int_range(
+        1, hint="how many checkpoints to keep, e.g. 3"),
+    "train.on_nonfinite": one_of(_fixed("stop", "skip"), "policy"),
+    "train.loop": one_of(_fixed("auto", "scan", "python"), "loop"),
+    "train.compute_dtype": one_of(_fixed(*COMPUTE_DTYPES), "compute dtype"),
+    "schedule.name": one_of(_fixed("constant", "cosine", "warmup_cosine",
+                                   "linear"), "schedule"),
+    "schedule.warmup_steps": int_range(0, hint="use 0 for no warm-up"),
+    "schedule.end_factor": float_range(
+        0, hint="the final learning rate is learning_rate * end_factor; "
+        "0 decays to zero"),
+    "optimizer.learning_rate": float_range(0, lo_open=True, hint="e.g. 1e-3"),
+    "loss.label_smoothing": float_range(0, 1, hi_open=True,
+                                        hint="e.g. 0.1, or 0 for none"),
+    "loss.l2": float_range(0, hint="the weight of the L2 penalty; 0 for none"),
+}
+
+
+def _positive_ints(v: Any) -> bool:
+  """A positive int, or a list of them (per-layer widths or channels)."""
+  if isinstance(v, (list, tuple)):
+    return all(_is_int(x) and x >= 1 for x in v)
+  return _is_int(v) and v >= 1
+
+
+# Model arguments by kind: one range per kind, applied to whichever of these
+# arguments an architecture declares (built in, or added with zoo.register).
+MODEL_ARG_KINDS: dict[str, tuple[Allowed, tuple[str, ...]]] = {
+    "size": (Allowed("a positive int, or a list of positive ints",
+                     _positive_ints, "widths, channels, heads, layers and "
+                     "patch sizes are counts, e.g. 128 or [256, 128]"),
+             ("hidden_sizes", "channels", "hidden_size", "dim", "mlp_dim",
+              "num_heads", "depth", "num_layers", "patch_size")),
+    "rate": (float_range(0, 1, hi_open=True,
+                         hint="a fraction, e.g. 0.1; 0 turns it off"),
+             ("dropout", "bn_decay")),
+    "epsilon": (float_range(0, lo_open=True, hint="a small number, e.g. 1e-5"),
+                ("bn_eps",)),
+    "activation": (one_of(_activation_names, "activation"), ("activation",)),
+    "initializer": (one_of(_initializer_names, "initializer"),
+                    ("initializer",)),
+    "pool": (one_of(_pool_names, "pooling mode"), ("pool",)),
+}
+MODEL_ARG_RANGES: dict[str, Allowed] = {
+    arg: allowed for allowed, args in MODEL_ARG_KINDS.values() for arg in args}
+
+
 def _check_values(config: Config) -> None:
-  train, sched = config["train"], config["schedule"]
-  if train["batch_size"] < 1 or train["epochs"] < 0:
-    raise ConfigError("train.batch_size must be >= 1 and train.epochs >= 0.")
-  if train["on_nonfinite"] not in ("stop", "skip"):
-    raise ConfigError("train.on_nonfinite must be 'stop' or 'skip', got "
-                      f"{train['on_nonfinite']!r}.")
-  if train["loop"] not in ("auto", "scan", "python"):
-    raise ConfigError("train.loop must be 'auto', 'scan' or 'python', got "
-                      f"{train['loop']!r}.")
-  if train["compute_dtype"] not in COMPUTE_DTYPES:
-    raise ConfigError("train.compute_dtype must be 'float32' or 'bfloat16', "
-                      f"got {train['compute_dtype']!r}.")
-  if sched["name"] not in ("constant", "cosine", "warmup_cosine", "linear"):
-    raise ConfigError("schedule.name must be one of constant, cosine, "
-                      f"warmup_cosine, linear; got {sched['name']!r}.")
+  """Range checks: every key of VALUE_RANGES, and every model argument of a
+  kind in MODEL_ARG_KINDS."""
+  for key, allowed in VALUE_RANGES.items():
+    section, sub = key.split(".")
+    if sub in config[section]:
+      allowed.check(key, config[section][sub])
+  model = config["model"]
+  for arg, value in model.items():
+    if arg in MODEL_ARG_RANGES:
+      MODEL_ARG_RANGES[arg].check(f"model.{arg}", value)
+  if "dim" in model and "num_heads" in model and \
+      model["dim"] % model["num_heads"]:
+    raise ConfigValueError(
+        "model.dim", model["dim"],
+        f"a multiple of model.num_heads ({model['num_heads']})",
+        "every attention head gets dim / num_heads features; change model.dim "
+        "or model.num_heads")
 
 
 def load_file(path: str | Path) -> Config:
@@ -217,4 +364,16 @@ def with_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
       raise UnknownConfigKeyError(key, [f"{path[0]}.{k}" for k in node],
                                   where=f"[{path[0]}]")
     node[path[-1]] = value
+  return out
+
+
+def changes(old: Config, new: Config, prefix: str = "") -> list[tuple[str, Any, Any]]:
+  """(dotted key, old value, new value) for every setting that differs."""
+  out = []
+  for key in sorted(set(old) | set(new), key=str):
+    a, b = old.get(key), new.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += changes(a, b, f"{prefix}{key}.")
+    elif a != b:
+      out.append((f"{prefix}{key}", a, b))
   return out

@@ -29,10 +29,16 @@ class _MessageKeyError(KeyError):
 
 
 class UnknownModelError(ZooError, _MessageKeyError):
-  """`zoo.get` was given a name that is not registered."""
+  """`zoo.get` was given a name that is not registered (or not a string)."""
 
   def __init__(self, name: str, registered: Iterable[str]):
     self.name = name
+    if not isinstance(name, str):
+      self.suggestions = []
+      super().__init__(f"model name must be a string, got {name!r} "
+                       f"({type(name).__name__}). Run `zoo list` to see every "
+                       "registered model.")
+      return
     self.suggestions = close_matches(name, registered)
     hint = (f" Did you mean: {', '.join(self.suggestions)}?" if self.suggestions
             else "")
@@ -42,6 +48,15 @@ class UnknownModelError(ZooError, _MessageKeyError):
 
 class ConfigError(ZooError, ValueError):
   """A configuration value is malformed (wrong type, bad value)."""
+
+
+class ConfigValueError(ConfigError):
+  """A configuration value has the right type but is out of its range."""
+
+  def __init__(self, key: str, value, allowed: str, hint: str = ""):
+    self.key, self.value, self.allowed, self.hint = key, value, allowed, hint
+    super().__init__(f"{key} must be {allowed}, got {value!r}"
+                     + (f": {hint}." if hint else "."))
 
 
 class UnknownConfigKeyError(ConfigError, _MessageKeyError):
@@ -62,3 +77,11 @@ class UnknownConfigKeyError(ConfigError, _MessageKeyError):
 
 class InputError(ZooError, ValueError):
   """An input array has the wrong shape or dtype for the model."""
+
+
+class DistributedError(ZooError, ValueError):
+  """Multi-host flags are inconsistent, or the processes could not meet."""
+
+
+class PeerTimeoutError(DistributedError):
+  """Not every process of a multi-host job joined within the timeout."""

@@ -34,12 +34,7 @@ def attach(entry):
   record = (entry.baseline or {}).get("pretrained")
   file = path(entry.name)
   if not record or not file.is_file():
-    raise PretrainedNotAvailableError(
-        f"no pretrained weights ship for {entry.name!r}"
-        + ("" if entry.baseline else " (its baseline was not measured here)")
-        + f". Train them: zoo train {entry.name} --workdir DIR, then load with "
-        "zoo.train.weights.from_workdir, or measure the baseline with "
-        f"zoo baselines {entry.name}.")
+    raise PretrainedNotAvailableError(_not_available(entry))
   digest = sha256(file)
   if digest != record["sha256"]:
     raise PretrainedNotAvailableError(
@@ -47,3 +42,34 @@ def attach(entry):
         f"{record['sha256']}): the file is damaged; reinstall zoo.")
   params, model_state = weights.load(entry, file)
   return dataclasses.replace(entry, params=params, model_state=model_state)
+
+
+def _not_available(entry) -> str:
+  """Why `entry` has no shipped weights, and what to do instead."""
+  from zoo import config as config_lib
+  from zoo import registry
+  registered = registry.get(entry.name)
+  changed = config_lib.changes(registered.config, entry.config)
+  if changed and (registered.baseline or {}).get("pretrained"):
+    what = ("the architecture" if any(k.startswith("model.")
+                                      for k, _, _ in changed) else "the config")
+    keys = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changed)
+    sets = " ".join(_set_flag(k, b) for k, _, b in changed)
+    return (f"the shipped pretrained weights of {entry.name!r} are for its "
+            f"registered config; your overrides change {what} ({keys}), "
+            "which those weights were not trained for. Drop the overrides to "
+            f"load them, or train the changed model: zoo train {entry.name} "
+            f"{sets} --workdir DIR, then load it with "
+            "zoo.train.weights.from_workdir.")
+  return (f"no pretrained weights ship for {entry.name!r}"
+          + ("" if entry.baseline else " (its baseline was not measured here)")
+          + f". Train them: zoo train {entry.name} --workdir DIR, then load "
+          "with zoo.train.weights.from_workdir, or measure the baseline with "
+          f"zoo baselines {entry.name}.")
+
+
+def _set_flag(key: str, value) -> str:
+  """`--set key=value` as a shell word (strings bare, lists as [a, b])."""
+  import json
+  text = f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+  return f"--set '{text}'" if " " in text else f"--set {text}"

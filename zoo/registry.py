@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from zoo import config as config_lib
 from zoo import datasets, losses
-from zoo.errors import ConfigError, InputError, UnknownModelError
+from zoo.errors import ConfigError, InputError, UnknownModelError, ZooError
 
 ArchFn = Callable[..., hk.Module]
 
@@ -41,8 +41,8 @@ def configs_dir() -> Path:
   for candidate in (PACKAGE_DIR / "configs", PACKAGE_DIR.parent / "configs"):
     if candidate.is_dir():
       return candidate
-  raise FileNotFoundError("zoo's configs/ directory is missing: reinstall "
-                          "the package (pip install -e .).")
+  raise ZooError("zoo's configs/ directory is missing: reinstall the package "
+                 "(pip install -e .).")
 
 
 def architecture(name: str, *, stateful: bool = False):
@@ -179,8 +179,16 @@ def check_images(images: jax.Array, input_shape: tuple[int, ...]) -> None:
 
 
 def _check_classes(cfg: Mapping[str, Any]) -> None:
-  """The dataset exists and `data.classes` are distinct ids within it."""
+  """The dataset exists, `data.classes` are distinct ids within it, and a
+  model's `patch_size` (if it has one) tiles its images."""
   info = datasets.info(cfg["data"]["dataset"])
+  patch = cfg["model"].get("patch_size")
+  h, w = info.image_shape[:2]
+  if isinstance(patch, int) and (h % patch or w % patch):
+    divisors = [p for p in range(1, min(h, w) + 1) if not h % p and not w % p]
+    raise ConfigError(
+        f"model.patch_size must divide the {h}x{w} images of {info.name}, got "
+        f"{patch}: choose one of {', '.join(map(str, divisors))}.")
   classes = cfg["data"]["classes"]
   bad = [c for c in classes if not isinstance(c, int) or
          not 0 <= c < info.num_classes]
@@ -231,6 +239,9 @@ def _ensure_loaded() -> None:
 
 def list_models(pattern: str | None = None) -> list[str]:
   """Sorted registered names, filtered by an fnmatch pattern ("*fashion*")."""
+  if pattern is not None and not isinstance(pattern, str):
+    raise ConfigError(f"the pattern must be a string such as '*fashion*', got "
+                      f"{pattern!r} ({type(pattern).__name__}).")
   _ensure_loaded()
   names = sorted(_MODELS)
   return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
@@ -240,7 +251,7 @@ def get(name: str, *, pretrained: bool = False, **model_overrides) -> ModelEntry
   """The registered model `name`, with `model_overrides` applied to its
   `[model]` config (e.g. activation="gelu", hidden_sizes=(512, 256))."""
   _ensure_loaded()
-  if name not in _MODELS:
+  if not isinstance(name, str) or name not in _MODELS:
     raise UnknownModelError(name, _MODELS)
   entry = _MODELS[name]
   if model_overrides:

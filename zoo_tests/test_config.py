@@ -4,7 +4,7 @@ import pytest
 import zoo
 from zoo import config as config_lib
 from zoo import registry
-from zoo.errors import ConfigError, UnknownConfigKeyError
+from zoo.errors import ConfigError, ConfigValueError, UnknownConfigKeyError
 from zoo.models.cnn import cnn
 from zoo.models.mlp import mlp
 
@@ -284,3 +284,160 @@ def test_load_file_errors(tmp_path):
   bad.write_text("[train\nepochs = ")
   with pytest.raises(ConfigError, match="not valid TOML"):
     config_lib.load_file(bad)
+
+
+# -- ranges: every setting, every model argument -----------------------------------
+
+@pytest.mark.parametrize("key, bad, allowed", [
+    ("train.seed", -1, "0..4294967295"),
+    ("train.seed", 2**32, "0..4294967295"),
+    ("train.seed", 99999999999999999999, "0..4294967295"),
+    ("train.batch_size", 0, ">= 1"),
+    ("train.epochs", -1, ">= 0"),
+    ("train.eval_batch_size", 0, ">= 1"),
+    ("train.checkpoint_every", -5, ">= 0"),
+    ("train.keep_checkpoints", 0, ">= 1"),
+    ("schedule.warmup_steps", -10, ">= 0"),
+    ("schedule.end_factor", -0.5, ">= 0"),
+    ("optimizer.learning_rate", 0.0, "> 0"),
+    ("optimizer.learning_rate", -1e-3, "> 0"),
+    ("optimizer.learning_rate", float("nan"), "finite"),
+    ("optimizer.learning_rate", float("inf"), "finite"),
+    ("loss.label_smoothing", 1.0, "[0, 1)"),
+    ("loss.label_smoothing", -0.1, "[0, 1)"),
+    ("loss.l2", -1e-4, ">= 0"),
+    ("loss.l2", float("-inf"), "finite"),
+])
+def test_out_of_range_values(key, bad, allowed):
+  section, sub = key.split(".")
+  with pytest.raises(ConfigValueError) as info:
+    config_lib.validate({section: {sub: bad}})
+  err = info.value
+  assert isinstance(err, ConfigError)
+  assert err.key == key
+  msg = str(err)
+  assert msg.startswith(f"{key} must be ") and allowed in msg
+  assert f"got {bad!r}" in msg
+  assert "\n" not in msg
+
+
+@pytest.mark.parametrize("key, edge", [
+    ("train.seed", 0), ("train.seed", 2**32 - 1), ("train.epochs", 0),
+    ("train.checkpoint_every", 0), ("train.keep_checkpoints", 1),
+    ("schedule.warmup_steps", 0), ("schedule.end_factor", 0.0),
+    ("loss.label_smoothing", 0.0), ("loss.label_smoothing", 0.999),
+    ("loss.l2", 0.0), ("optimizer.learning_rate", 1e-12),
+])
+def test_range_edges_are_allowed(key, edge):
+  section, sub = key.split(".")
+  assert config_lib.validate({section: {sub: edge}})[section][sub] == edge
+
+
+def test_non_finite_floats_are_refused_in_every_section():
+  for config in ({"optimizer": {"name": "adam", "b1": float("inf")}},
+                 {"schedule": {"end_factor": float("nan")}},
+                 {"model": {"arch": "mlp", "dropout": float("nan")}}):
+    with pytest.raises(ConfigValueError, match="finite"):
+      config_lib.validate(config, mlp)
+
+
+def test_every_model_argument_has_a_range():
+  """Each argument of each built-in architecture is range-checked by its
+  kind (booleans need only their type)."""
+  for arch in registry.architectures():
+    fn = registry._arch(arch)[0]
+    for arg, default in config_lib.model_defaults(fn).items():
+      assert arg in config_lib.MODEL_ARG_RANGES or isinstance(default, bool), (
+          arch, arg)
+  # One range per kind of value, shared by every argument of that kind.
+  assert (config_lib.MODEL_ARG_RANGES["dropout"] is
+          config_lib.MODEL_ARG_RANGES["bn_decay"])
+  assert (config_lib.MODEL_ARG_RANGES["hidden_sizes"] is
+          config_lib.MODEL_ARG_RANGES["num_heads"])
+
+
+@pytest.mark.parametrize("name, arg, bad, words", [
+    ("mlp_fashion_mnist", "hidden_sizes", ["a"], ["positive int"]),
+    ("mlp_fashion_mnist", "hidden_sizes", [-5], ["positive int"]),
+    ("mlp_fashion_mnist", "hidden_sizes", [256, 0], ["positive int"]),
+    ("mlp_fashion_mnist", "hidden_sizes", [True], ["positive int"]),
+    ("mlp_fashion_mnist", "dropout", 2.0, ["[0, 1)"]),
+    ("mlp_fashion_mnist", "dropout", -0.1, ["[0, 1)"]),
+    ("mlp_fashion_mnist", "activation", "gleu", ["did you mean gelu",
+                                                 "choose one of"]),
+    ("mlp_fashion_mnist", "initializer", "he", ["he_normal"]),
+    ("cnn_fashion_mnist", "channels", [32, -64], ["positive int"]),
+    ("cnn_fashion_mnist", "hidden_size", 0, ["positive int"]),
+    ("cnn_fashion_mnist", "dropout", 1.0, ["[0, 1)"]),
+    ("cnn_bn_fashion_mnist", "pool", "median", ["max", "avg"]),
+    ("cnn_bn_fashion_mnist", "bn_decay", 1.5, ["[0, 1)"]),
+    ("cnn_bn_fashion_mnist", "bn_eps", 0.0, ["> 0"]),
+    ("cnn_bn_fashion_mnist", "channels", [0], ["positive int"]),
+    ("lstm_fashion_mnist", "hidden_size", -1, ["positive int"]),
+    ("lstm_fashion_mnist", "num_layers", 0, ["positive int"]),
+    ("lstm_fashion_mnist", "initializer", "glorot", ["glorot_uniform"]),
+    ("vit_tiny_fashion_mnist", "patch_size", 0, ["positive int"]),
+    ("vit_tiny_fashion_mnist", "dim", 0, ["positive int"]),
+    ("vit_tiny_fashion_mnist", "depth", 0, ["positive int"]),
+    ("vit_tiny_fashion_mnist", "num_heads", -4, ["positive int"]),
+    ("vit_tiny_fashion_mnist", "mlp_dim", 0, ["positive int"]),
+    ("vit_tiny_fashion_mnist", "dim", 30, ["multiple of model.num_heads"]),
+    ("vit_tiny_fashion_mnist", "activation", "rleu", ["relu"]),
+    ("vit_tiny_fashion_mnist", "dropout", 1.0, ["[0, 1)"]),
+    ("logreg_fashion_mnist", "initializer", "one", ["zeros"]),
+])
+def test_bad_model_argument_refused_by_get(name, arg, bad, words):
+  """Refused when the config is validated, before anything is built."""
+  with pytest.raises(ConfigValueError) as info:
+    zoo.get(name, **{arg: bad})
+  assert info.value.key == f"model.{arg}"
+  msg = str(info.value)
+  assert msg.startswith(f"model.{arg} must be ") and f"got {bad!r}" in msg
+  for word in words:
+    assert word in msg, msg
+
+
+def test_patch_size_must_tile_the_image():
+  with pytest.raises(ConfigError, match=r"model.patch_size .* 28x28.* got 5"):
+    zoo.get("vit_tiny_fashion_mnist", patch_size=5)
+  assert zoo.get("vit_tiny_fashion_mnist", patch_size=4).config[
+      "model"]["patch_size"] == 4
+
+
+def test_ranges_apply_to_registered_architectures():
+  """A zoo.register'd architecture's arguments get the same checks by kind."""
+  name = "zz_test_ranges"
+
+  @zoo.register(name, dataset="fashion_mnist")
+  def tiny(num_outputs, hidden_size=8, dropout=0.0, width=4):
+    raise AssertionError("not built in this test")
+
+  try:
+    with pytest.raises(ConfigValueError, match="model.dropout"):
+      zoo.get(name, dropout=1.5)
+    with pytest.raises(ConfigValueError, match="model.hidden_size"):
+      zoo.get(name, hidden_size=0)
+    assert zoo.get(name, width=-1).config["model"]["width"] == -1  # its own
+  finally:
+    registry.unregister(name)
+
+
+def test_train_validates_before_loading_data(monkeypatch):
+  from zoo.train import loop
+
+  def no(*args, **kwargs):
+    raise AssertionError("data loaded before validation")
+  monkeypatch.setattr(loop.data, "load", no)
+  with pytest.raises(ConfigValueError, match="train.seed"):
+    zoo.train("mlp_fashion_mnist", seed=-1)
+  with pytest.raises(ConfigValueError, match="model.dropout"):
+    zoo.train("mlp_fashion_mnist", **{"model.dropout": 2.0})
+
+
+def test_changes_lists_differing_keys():
+  base = _base()
+  new = registry.with_config(zoo.get("mlp_mnist"),
+                             {"model.activation": "gelu", "epochs": 3}).config
+  assert config_lib.changes(base, new) == [
+      ("model.activation", "relu", "gelu"), ("train.epochs", 15, 3)]
+  assert config_lib.changes(base, base) == []

@@ -144,6 +144,7 @@ def test_logistic_initializer_override():
 
 
 def test_unknown_initializer_in_model():
-  entry = zoo.get("mlp_mnist", initializer="he_norml")
+  # Refused by config validation, at zoo.get.
   with pytest.raises(ConfigError, match="he_normal"):
+    entry = zoo.get("mlp_mnist", initializer="he_norml")
     entry.init(jax.random.PRNGKey(0), entry.example_input())

@@ -68,6 +68,21 @@ def test_unknown_model_is_catchable_as_key_error():
     zoo.get("mlp_mnsit")
 
 
+@pytest.mark.parametrize("name", [123, None, 1.5, ["mlp_mnist"]])
+def test_non_string_name_is_a_clear_error(name):
+  with pytest.raises(UnknownModelError) as info:
+    zoo.get(name)
+  assert isinstance(info.value, zoo.ZooError)
+  msg = str(info.value)
+  assert "model name must be a string" in msg and repr(name) in msg
+  assert "zoo list" in msg
+
+
+def test_list_models_non_string_pattern():
+  with pytest.raises(zoo.ZooError, match="pattern must be a string.*123"):
+    zoo.list_models(123)
+
+
 # -- entries ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", EXPECTED)
@@ -177,10 +192,11 @@ def test_override_wrong_type():
     zoo.get("mlp_mnist", hidden_sizes="big")
 
 
-def test_override_bad_activation_fails_when_built():
-  entry = zoo.get("mlp_mnist", activation="gleu")
+def test_override_bad_activation_fails_at_get():
+  """Refused by config validation, before anything is built or initialized
+  (it used to pass zoo.get and fail only at init)."""
   with pytest.raises(ConfigError, match="gelu"):
-    entry.init(jax.random.PRNGKey(0), entry.example_input())
+    zoo.get("mlp_mnist", activation="gleu")
 
 
 # -- check_images ----------------------------------------------------------------
@@ -278,3 +294,22 @@ def test_unregister_removes(tiny_model):
   with pytest.raises(UnknownModelError):
     zoo.get(tiny_model)
   registry.unregister(tiny_model)  # idempotent
+
+
+# -- pretrained weights and overrides -----------------------------------------------
+
+def test_pretrained_with_overrides_says_why():
+  """The shipped weights are for the registered config: an override that
+  changes the architecture is refused, saying so (not "not measured")."""
+  from zoo import pretrained
+  assert zoo.get("mlp_fashion_mnist").baseline["pretrained"]
+  with pytest.raises(pretrained.PretrainedNotAvailableError) as info:
+    zoo.get("mlp_fashion_mnist", pretrained=True, activation="gelu")
+  msg = str(info.value)
+  assert "registered config" in msg and "architecture" in msg
+  assert "model.activation: 'relu' -> 'gelu'" in msg
+  assert "--set model.activation=gelu" in msg
+  assert "not measured" not in msg
+  # An override equal to the registered value changes nothing: weights load.
+  entry = zoo.get("mlp_fashion_mnist", pretrained=True, activation="relu")
+  assert entry.params is not None

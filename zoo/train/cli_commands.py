@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 from zoo import config as config_lib
+from zoo.errors import ConfigValueError
+from zoo.train import distributed
 
 
 def _parse_sets(items) -> dict:
@@ -46,26 +48,59 @@ def _add_train(sub) -> None:
                  "process 0 (as in jax.distributed.initialize)")
   p.add_argument("--num-processes", type=int)
   p.add_argument("--process-id", type=int)
+  p.add_argument("--init-timeout", type=float, metavar="SECONDS",
+                 default=distributed.DEFAULT_INIT_TIMEOUT_S,
+                 help="multi-host: how long to wait for every process to "
+                      "join (default %(default)g)")
   p.add_argument("--no-progress", action="store_true",
                  help="a line per epoch instead of a progress bar (the "
                       "default when not a terminal)")
   p.set_defaults(func=run_train)
 
 
+# Flags that set a config key (attribute -> key): an error about the key
+# names the flag too.
+_FLAG_KEYS = {"epochs": "train.epochs", "batch_size": "train.batch_size",
+              "seed": "train.seed", "checkpoint_every": "train.checkpoint_every"}
+
+
+def _check_train_args(args: argparse.Namespace) -> dict:
+  """The config overrides of `zoo train`'s flags, after checking every flag
+  that is not a config key; raises a ZooError before any device work."""
+  if args.devices is not None and args.devices < 1:
+    raise ConfigValueError("--devices", args.devices, "an int >= 1",
+                           "the number of local devices to use; leave it out "
+                           "to use them all")
+  distributed.check_flags(args.coordinator_address, args.num_processes,
+                          args.process_id, args.init_timeout)
+  overrides = _parse_sets(args.set)
+  for attr, key in _FLAG_KEYS.items():
+    if getattr(args, attr) is not None:
+      overrides[key] = getattr(args, attr)
+  return overrides
+
+
+def _with_flags(entry, overrides: dict, args: argparse.Namespace):
+  """`registry.with_config`, with errors about a flag's key naming the flag."""
+  from zoo import registry
+  try:
+    return registry.with_config(entry, overrides)
+  except ConfigValueError as e:
+    for attr, key in _FLAG_KEYS.items():
+      if key == e.key and getattr(args, attr) is not None:
+        flag = "--" + attr.replace("_", "-")
+        raise ConfigValueError(f"{flag} ({key})", e.value, e.allowed,
+                               e.hint) from None
+    raise
+
+
 def run_train(args: argparse.Namespace) -> int:
   from zoo import registry
-  overrides = _parse_sets(args.set)
-  for key, value in (("train.epochs", args.epochs),
-                     ("train.batch_size", args.batch_size),
-                     ("train.seed", args.seed),
-                     ("train.checkpoint_every", args.checkpoint_every)):
-    if value is not None:
-      overrides[key] = value
   # Validate everything before any device work.
-  entry = registry.with_config(registry.get(args.name), overrides)
-  from zoo.train import distributed
+  overrides = _check_train_args(args)
+  entry = _with_flags(registry.get(args.name), overrides, args)
   distributed.initialize(args.coordinator_address, args.num_processes,
-                         args.process_id)
+                         args.process_id, timeout=args.init_timeout)
   from zoo.train.loop import PREEMPTED_EXIT_CODE, Preempted, train
   # A bar on a terminal; otherwise (batch jobs, pipes) a line per epoch as
   # it ends.
@@ -119,10 +154,18 @@ def run_eval(args: argparse.Namespace) -> int:
   from zoo import registry
   from zoo.train import weights
   from zoo.train.evaluate import evaluate_model
-  entry = registry.get(args.name)
   if not args.weights and not args.workdir:
-    raise config_lib.ConfigError("zoo eval needs --workdir DIR or "
-                                 "--weights FILE.")
+    raise config_lib.ConfigError("zoo eval needs --workdir DIR (a zoo train "
+                                 "run) or --weights FILE (.npz).")
+  if args.workdir and not Path(args.workdir).is_dir():
+    raise config_lib.ConfigError(f"--workdir {args.workdir}: no such "
+                                 "directory; give the --workdir of a zoo "
+                                 "train run.")
+  if args.weights and not Path(args.weights).is_file():
+    raise config_lib.ConfigError(f"--weights {args.weights}: no such file; "
+                                 "give a .npz weights file (zoo.train.weights"
+                                 ".save writes one).")
+  entry = registry.get(args.name)
   def run_entry(cfg):
     if cfg.get("name") and cfg["name"] != entry.name:
       raise config_lib.ConfigError(
