@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from zoo import cli
+from zoo import data as zoo_data
 from zoo.errors import DistributedError, ZooError
 from zoo.train import distributed, loop
 
@@ -25,7 +26,7 @@ def no_work(monkeypatch):
   def no(*args, **kwargs):
     raise AssertionError("device or data work before validation")
   monkeypatch.setattr(loop, "train", no)
-  monkeypatch.setattr(loop.data, "load", no)
+  monkeypatch.setattr(zoo_data, "load", no)
   monkeypatch.setattr(distributed.jax.distributed, "initialize", no)
 
 

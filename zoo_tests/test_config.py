@@ -423,11 +423,11 @@ def test_ranges_apply_to_registered_architectures():
 
 
 def test_train_validates_before_loading_data(monkeypatch):
-  from zoo.train import loop
+  from zoo import data as zoo_data
 
   def no(*args, **kwargs):
     raise AssertionError("data loaded before validation")
-  monkeypatch.setattr(loop.data, "load", no)
+  monkeypatch.setattr(zoo_data, "load", no)
   with pytest.raises(ConfigValueError, match="train.seed"):
     zoo.train("mlp_fashion_mnist", seed=-1)
   with pytest.raises(ConfigValueError, match="model.dropout"):
