@@ -25,7 +25,9 @@ def path(name: str) -> Path:
 
 
 def sha256(file: Path) -> str:
-  return hashlib.sha256(Path(file).read_bytes()).hexdigest()
+  """The file's digest, read in blocks (never the whole file at once)."""
+  with Path(file).open("rb") as f:
+    return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def attach(entry):

@@ -17,24 +17,19 @@ import logging
 import os
 import shutil
 import tempfile
-import zipfile
-import zlib
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-from zoo.errors import ZooError
+# The .npz reading and writing live in zoo.npz; re-exported here.
+from zoo.npz import CheckpointError, read_npz, write_npz  # noqa: F401
 
 log = logging.getLogger("zoo.checkpoint")
 
 ARRAYS, META, DIGESTS = "arrays.npz", "meta.json", "sha256.json"
 _TMP_PREFIX = ".tmp_step_"
-
-
-class CheckpointError(ZooError, ValueError):
-  """A checkpoint or weights file is corrupt, unsafe or does not fit."""
 
 
 def _sha256(path: Path) -> str:
@@ -49,6 +44,18 @@ def flatten(tree) -> dict[str, np.ndarray]:
   """{tree path: numpy leaf} for any pytree of arrays."""
   flat = jax.tree_util.tree_flatten_with_path(tree)[0]
   return {jax.tree_util.keystr(p): np.asarray(leaf) for p, leaf in flat}
+
+
+def specs(tree) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+  """{tree path: (shape, dtype)} of `tree`'s leaves, keyed like `flatten`:
+  what read_npz checks each member's header against before reading it."""
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  out = {}
+  for p, leaf in flat:
+    if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
+      leaf = np.asarray(leaf)
+    out[jax.tree_util.keystr(p)] = (tuple(leaf.shape), np.dtype(leaf.dtype))
+  return out
 
 
 def unflatten(template, arrays: dict[str, np.ndarray], what: str):
@@ -73,41 +80,6 @@ def unflatten(template, arrays: dict[str, np.ndarray], what: str):
           f"expects shape {want.shape} dtype {want.dtype}.")
     leaves.append(got)
   return jax.tree_util.tree_unflatten(treedef, leaves)
-
-
-def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-  """Writes arrays uncompressed; refuses object arrays (they need pickle)."""
-  for key, a in arrays.items():
-    if a.dtype == object:
-      raise CheckpointError(f"{key}: object arrays cannot be saved safely.")
-  with path.open("wb") as f:
-    np.savez(f, **arrays)
-
-
-def read_npz(path: Path) -> dict[str, np.ndarray]:
-  """Reads an .npz with allow_pickle=False: a pickle inside is refused,
-  never executed."""
-  if not zipfile.is_zipfile(path):
-    raise CheckpointError(
-        f"{path} is not an .npz archive (zoo loads only numpy .npz weights; "
-        "pickles are refused because loading one can run arbitrary code).")
-  try:
-    with np.load(path, allow_pickle=False) as z:
-      if not isinstance(z, np.lib.npyio.NpzFile):
-        raise CheckpointError(f"{path} is not an .npz archive.")
-      out = {k: z[k] for k in z.files}
-  except ValueError as e:  # "Object arrays cannot be loaded when allow_pickle=False"
-    if isinstance(e, CheckpointError):
-      raise
-    raise CheckpointError(f"{path}: refused: {e}") from None
-  except (OSError, zipfile.BadZipFile, EOFError, zlib.error, KeyError,
-          NotImplementedError) as e:
-    raise CheckpointError(f"{path} is corrupt: {e}") from None
-  for key, a in out.items():  # members that are not .npy come back as bytes
-    if not isinstance(a, np.ndarray) or a.dtype.hasobject:
-      raise CheckpointError(f"{path}: refused: member {key!r} is not a plain "
-                            "numeric array.")
-  return out
 
 
 def _fsync_dir(path: Path) -> None:
@@ -231,7 +203,7 @@ class CheckpointManager:
   def _load(self, step: int, template) -> tuple[Any, dict[str, Any]]:
     """Checkpoint `step` (already verified) in `template`'s structure."""
     path = self.path(step)
-    arrays = read_npz(path / ARRAYS)
+    arrays = read_npz(path / ARRAYS, specs(template))
     return unflatten(template, arrays, str(path)), self.read_meta(step)
 
   def read_meta(self, step: int) -> dict[str, Any]:

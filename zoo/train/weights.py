@@ -15,6 +15,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from zoo import npz
 from zoo.train import checkpoint as ckpt_lib
 
 log = logging.getLogger("zoo.checkpoint")
@@ -50,13 +51,22 @@ def save(path: str | os.PathLike, params, model_state=None) -> Path:
   return path
 
 
-def _params_and_state(entry, arrays, where: str):
-  """Checks `arrays` (a weights file's, or a checkpoint's arrays.npz, whose
-  keys start with ".params") against `entry` and rebuilds both trees."""
-  ckpt = any(k.startswith(".params") for k in arrays)
-  p_prefix, s_prefix = ((".params", ".model_state") if ckpt
-                        else ("params", "model_state"))
-  params_t, state_t = template(entry)
+def _params_and_state(entry, path: Path, where: str):
+  """Reads a weights file (or a checkpoint's arrays.npz, whose keys start
+  with ".params") for `entry` and rebuilds both trees. Every member used is
+  checked against the model from its header before any data is read, so a
+  hostile file cannot make this allocate more than the model's own size;
+  the other members of a checkpoint (optimizer state...) are not read."""
+  with npz.NpzReader(path) as reader:
+    ckpt = any(k.startswith(".params") for k in reader.keys)
+    p_prefix, s_prefix = ((".params", ".model_state") if ckpt
+                          else ("params", "model_state"))
+    params_t, state_t = template(entry)
+    expected = {p_prefix + k: v for k, v in ckpt_lib.specs(params_t).items()}
+    expected.update({s_prefix + k: v
+                     for k, v in ckpt_lib.specs(state_t).items()})
+    arrays = reader.read(
+        expected, keep=lambda k: k.startswith((p_prefix, s_prefix)))
   params = ckpt_lib.unflatten(
       params_t, {k[len(p_prefix):]: v for k, v in arrays.items()
                  if k.startswith(p_prefix)}, where)
@@ -70,9 +80,13 @@ def load(entry, path: str | os.PathLike):
   """(params, model_state) for `entry` from a weights .npz (or a
   checkpoint's arrays.npz), verified."""
   path = Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"weights file {path} does not exist.")
-  return _params_and_state(entry, ckpt_lib.read_npz(path), str(path))
+  try:
+    return _params_and_state(entry, path, str(path))
+  except npz.WeightsNotFoundError:
+    raise npz.WeightsNotFoundError(
+        f"weights file {path} does not exist: check the path, or train the "
+        f"model first (zoo train {entry.name} --workdir DIR) and load the run "
+        "with --workdir DIR.") from None
 
 
 def _newest_good(workdir: str | os.PathLike):
@@ -80,14 +94,15 @@ def _newest_good(workdir: str | os.PathLike):
   manager = ckpt_lib.CheckpointManager(Path(workdir) / "checkpoints")
   steps = manager.steps()
   if not steps:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train "
-                            f"first (zoo train NAME --workdir {workdir}).")
+    raise npz.WeightsNotFoundError(
+        f"no checkpoint in {workdir}/checkpoints: train first (zoo train "
+        f"NAME --workdir {workdir}).")
   errors = []
   for step in reversed(steps):
     try:
       manager.verify(step)
       meta = json.loads((manager.path(step) / ckpt_lib.META).read_text())
-    except (ckpt_lib.CheckpointError, ValueError) as e:
+    except (ckpt_lib.CheckpointError, ValueError, OSError) as e:
       log.warning("skipping checkpoint: %s", e)
       errors.append(str(e))
       continue
@@ -104,13 +119,12 @@ def load_run(workdir: str | os.PathLike, entry_for_config):
     raise ckpt_lib.CheckpointError(f"the checkpoints in {workdir} hold no "
                                    "config.")
   entry = entry_for_config(meta["config"])
-  params, model_state = _params_and_state(
-      entry, ckpt_lib.read_npz(path / ckpt_lib.ARRAYS), str(path))
+  params, model_state = _params_and_state(entry, path / ckpt_lib.ARRAYS,
+                                          str(path))
   return entry, params, model_state
 
 
 def from_workdir(entry, workdir: str | os.PathLike):
   """(params, model_state) from the newest good checkpoint of a run."""
   path, _ = _newest_good(workdir)
-  return _params_and_state(entry, ckpt_lib.read_npz(path / ckpt_lib.ARRAYS),
-                           str(path))
+  return _params_and_state(entry, path / ckpt_lib.ARRAYS, str(path))
