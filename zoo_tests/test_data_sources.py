@@ -16,6 +16,8 @@ from zoo.data import clear_memory_cache, load, DataNotFoundError
 from zoo.data import ordering
 from zoo.data import sources
 from zoo.data import splits
+from zoo.data.errors import CorruptDataError, SplitError, UnknownDatasetError
+from zoo.errors import ZooError
 
 DEBIAN = "/usr/share/datasets/fashion-mnist"
 pytestmark = pytest.mark.skipif(
@@ -124,6 +126,66 @@ def test_split_parsing_is_tfds(monkeypatch):
       splits.resolve(bad, {"train": 60000, "test": 10000})
 
 
+@pytest.mark.parametrize("bad, reason", [
+    ("bogus", "Unknown split 'bogus'"),
+    ("validation[:5]", "Unknown split 'validation'"),
+    ("train[:200%]", "percent slice boundaries should be in"),
+    ("train[::2]", "Unrecognized split format"),
+    ("", "Unrecognized split format"),
+    ("train+", "Unrecognized split format"),
+    ("train[5:5]", "selects no examples of 'train'"),
+    ("test[:0]", "selects no examples of 'test'"),
+    ("train[-0%:]+test[90%:90%]", "selects no examples of 'test'"),
+    (5, "split must be a string, got int 5"),
+    (None, "split must be a string, got NoneType"),
+])
+def test_split_errors_are_typed_one_line_and_show_the_syntax(bad, reason):
+  counts = {"train": 60000, "test": 10000}
+  for call in (splits.check, splits.resolve):
+    with pytest.raises(SplitError) as e:
+      call(bad, counts)
+    msg = str(e.value)
+    assert isinstance(e.value, ZooError) and isinstance(e.value, ValueError)
+    assert reason in msg and "\n" not in msg
+    assert repr(bad) in msg
+    assert "'train[:90%]'" in msg and "'train[:1000]+test'" in msg
+
+
+def test_split_check_accepts_valid_specs_without_data():
+  counts = {"train": 60000, "test": 10000}
+  for good in ("train", "test", "train[:90%]", "train[90%:]", "train[:1000]+test",
+               "test[-10:]"):
+    assert splits.check(good, counts) is None
+  assert "check(" in splits.__doc__
+
+
+def test_bad_split_fails_before_looking_for_data(tmp_path, monkeypatch):
+  """load() rejects the split string before touching any source."""
+  def must_not_look(*args):
+    raise AssertionError("looked for data although the split is invalid")
+  monkeypatch.setattr(sources, "_find", must_not_look)
+  with pytest.raises(SplitError, match="bad split 'bogus'"):
+    load("fashion_mnist", "bogus")
+  with pytest.raises(SplitError, match="selects no examples"):
+    load("fashion_mnist", "train[10:10]")
+
+
+def test_data_errors_are_zoo_errors_and_pickle():
+  import pickle  # pylint: disable=g-import-not-at-top
+  corrupt = CorruptDataError("/x/f.gz", "truncated\nreally", "reinstall it")
+  assert isinstance(corrupt, ZooError) and isinstance(corrupt, ValueError)
+  assert str(corrupt) == "/x/f.gz: truncated really; reinstall it"
+  missing = DataNotFoundError("ds", ["here: no", "there: no"], ["get it", "or buy it"])
+  assert isinstance(missing, ZooError) and isinstance(missing, FileNotFoundError)
+  assert str(missing) == ("Dataset 'ds' was not found. Places looked: here: no; "
+                          "there: no. How to get it: get it; or buy it")
+  assert missing.tried == ("here: no", "there: no")
+  assert missing.hints == ("get it", "or buy it")
+  for err in (corrupt, missing, SplitError("bad split")):
+    again = pickle.loads(pickle.dumps(err))
+    assert type(again) is type(err) and str(again) == str(err)
+
+
 def test_classes_filter_and_relabel(test_split):
   binary = load("fashion_mnist", "test", classes=(7, 9), download=False)
   assert len(binary) == 2000
@@ -200,6 +262,10 @@ def test_offline_skips_download_without_waiting(tmp_path, monkeypatch):
 def test_unknown_dataset():
   with pytest.raises(ValueError, match="fashion_mnist"):
     load("imagenet", "train")
+  with pytest.raises(UnknownDatasetError, match="Unknown dataset 'imagenet'"):
+    load("imagenet", "train")
+  with pytest.raises(UnknownDatasetError):
+    load(["fashion_mnist"], "train")  # unhashable: not a TypeError traceback
 
 
 def test_import_does_not_import_tensorflow():

@@ -9,6 +9,7 @@ import pytest
 
 from zoo.data import clear_memory_cache, load, prepare_tfds_from_idx
 from zoo.data import sources
+from zoo.data.errors import UnknownDatasetError
 from zoo.data.tfds_source import import_tfds
 
 tfds = import_tfds()
@@ -89,3 +90,18 @@ def test_tfds_prepared_offline_from_debian_equals_idx(tmp_path):
   assert from_tfds.source == f"tfds:{tfds_dir}"
   np.testing.assert_array_equal(from_tfds.images, from_idx.images)
   np.testing.assert_array_equal(from_tfds.labels, from_idx.labels)
+
+
+def test_tfds_local_errors_are_one_line(tmp_path, capsys):
+  """python -m zoo.data.tfds_local: bad input is one line on stderr, exit 2."""
+  from zoo.data import tfds_local  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit) as e:
+    tfds_local.main(["--source-dir", str(tmp_path / "none"),
+                     "--data-dir", str(tmp_path / "out")])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: Dataset 'fashion_mnist' was not found.")
+  assert f"source_dir {tmp_path / 'none'}: missing train-images-idx3-ubyte.gz" in err
+  assert err.count("\n") == 1
+  with pytest.raises(UnknownDatasetError, match="supports"):
+    tfds_local.prepare_tfds_from_idx("cifar10", data_dir=tmp_path / "out")
