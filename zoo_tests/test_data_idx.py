@@ -10,6 +10,7 @@ import pytest
 from zoo.data import idx
 from zoo.data import load
 from zoo.data.errors import CorruptDataError
+from zoo.errors import ZooError
 
 DEBIAN = "/usr/share/datasets/fashion-mnist"
 needs_debian = pytest.mark.skipif(
@@ -133,3 +134,34 @@ def test_real_content_change_caught_by_sha256(tmp_path, monkeypatch):
   gz.write_bytes(gzip.compress(bytes(raw)))
   with pytest.raises(CorruptDataError, match="sha256"):
     load("fashion_mnist", "test", data_dir=data, download=False, system_dirs=())
+
+
+def test_huge_count_in_header_allocates_nothing(tmp_path):
+  """A header declaring 2**32-1 images of 28x28 (~3 TB) over a few bytes is
+  'truncated', decided from the header (allocating would fail with MemoryError)."""
+  header = (idx.IMAGES_MAGIC.to_bytes(4, "big") + (2**32 - 1).to_bytes(4, "big")
+            + (28).to_bytes(4, "big") * 2)
+  (tmp_path / "huge").write_bytes(header + b"\0" * 784)
+  with pytest.raises(CorruptDataError, match="truncated: header declares shape "
+                     r"\(4294967295, 28, 28\)"):
+    idx.read_images(tmp_path / "huge")
+
+
+def test_header_dims_whose_product_wraps_in_int64(tmp_path):
+  """(2**31, 2**31, 4) elements is 2**64, which int64 arithmetic wraps to 0, so a
+  header-only file looked complete and reshape raised a bare ValueError."""
+  header = (idx.IMAGES_MAGIC.to_bytes(4, "big") + (2**31).to_bytes(4, "big") * 2
+            + (4).to_bytes(4, "big"))
+  (tmp_path / "wrap").write_bytes(header)
+  with pytest.raises(CorruptDataError, match="truncated"):
+    idx.read_images(tmp_path / "wrap")
+
+
+def test_unreadable_path_is_corrupt_data_with_a_fix(tmp_path):
+  """EISDIR (as EACCES, EIO: any OSError but a missing file) names the file and
+  what to check, as a ZooError."""
+  (tmp_path / "dir.gz").mkdir()
+  with pytest.raises(CorruptDataError, match="cannot be read") as e:
+    idx.read_images(tmp_path / "dir.gz")
+  assert str(tmp_path / "dir.gz") in str(e.value)
+  assert "permissions" in str(e.value) and isinstance(e.value, ZooError)
