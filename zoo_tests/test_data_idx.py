@@ -1,5 +1,6 @@
 """IDX reader: valid files decode exactly; damaged files raise CorruptDataError."""
 
+import dataclasses
 import gzip
 import os
 import shutil
@@ -9,6 +10,7 @@ import pytest
 
 from zoo.data import idx
 from zoo.data import load
+from zoo.data.catalog import DATASETS
 from zoo.data.errors import CorruptDataError
 from zoo.errors import ZooError
 
@@ -165,3 +167,48 @@ def test_unreadable_path_is_corrupt_data_with_a_fix(tmp_path):
     idx.read_images(tmp_path / "dir.gz")
   assert str(tmp_path / "dir.gz") in str(e.value)
   assert "permissions" in str(e.value) and isinstance(e.value, ZooError)
+
+
+def _mnist_from_fashion_test(dst, label_at_0=None):
+  """The Fashion-MNIST test files under MNIST's names (MNIST has no catalog
+  sha256, so only the structural and range checks stand between a bad file and
+  a training run); optionally with label 0 replaced."""
+  for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+    raw = gzip.decompress(open(os.path.join(DEBIAN, stem + ".gz"), "rb").read())
+    if label_at_0 is not None and "labels" in stem:
+      raw = raw[:8] + bytes([label_at_0]) + raw[9:]
+    (dst / stem).write_bytes(raw)
+
+
+@needs_debian
+def test_label_out_of_range_is_corrupt_data(tmp_path, monkeypatch):
+  monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+  data = tmp_path / "data"
+  data.mkdir()
+  _mnist_from_fashion_test(data, label_at_0=200)
+  with pytest.raises(CorruptDataError) as e:
+    load("mnist", "test", data_dir=data, download=False)
+  msg = str(e.value)
+  assert msg.startswith(f"{data / 't10k-labels-idx1-ubyte'}: label 200 at example")
+  assert "outside mnist's 10 classes 0..9" in msg
+  assert "replace it with an intact copy" in msg and "\n" not in msg
+  assert not (tmp_path / "cache").exists() or not any(
+      (tmp_path / "cache").rglob("*.npy"))  # nothing cached from a bad source
+
+
+@needs_debian
+def test_system_file_fix_says_reinstall(tmp_path, monkeypatch):
+  """A damaged file under the Debian package's folder: the fix is a reinstall."""
+  monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+  monkeypatch.delenv("ZOO_DATA_DIR", raising=False)
+  system = tmp_path / "usr_share"
+  system.mkdir()
+  _copy_test_split(system)
+  (system / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b broken")
+  info = DATASETS["fashion_mnist"]
+  monkeypatch.setitem(DATASETS, "fashion_mnist",
+                      dataclasses.replace(info, system_dirs=(str(system),)))
+  with pytest.raises(CorruptDataError, match="damaged gzip stream") as e:
+    load("fashion_mnist", "test", download=False)
+  assert "sudo apt-get install --reinstall dataset-fashion-mnist" in str(e.value)

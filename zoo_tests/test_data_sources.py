@@ -3,6 +3,7 @@ class filtering, source-independent order, and the not-found message."""
 
 import gzip
 import os
+import re
 import subprocess
 import sys
 import time
@@ -12,12 +13,12 @@ import numpy as np
 import pytest
 
 from zoo.data import cache
-from zoo.data import clear_memory_cache, load, DataNotFoundError
+from zoo.data import CacheWarning, clear_memory_cache, load, DataNotFoundError
 from zoo.data import ordering
 from zoo.data import sources
 from zoo.data import splits
 from zoo.data.errors import CorruptDataError, SplitError, UnknownDatasetError
-from zoo.errors import ZooError
+from zoo.errors import ConfigError, ZooError
 
 DEBIAN = "/usr/share/datasets/fashion-mnist"
 pytestmark = pytest.mark.skipif(
@@ -93,7 +94,8 @@ def test_damaged_cache_entry_is_rebuilt(test_split):
   with open(entry, "wb") as f:
     f.write(b"garbage")
   clear_memory_cache()
-  again = load("fashion_mnist", "test", download=False)
+  with pytest.warns(CacheWarning, match=f"cache entry {entry}: .*decoding again"):
+    again = load("fashion_mnist", "test", download=False)
   np.testing.assert_array_equal(again.labels, test_split.labels)
   assert np.load(entry).shape == (10000,)
 
@@ -201,6 +203,15 @@ def test_classes_filter_and_relabel(test_split):
   for bad in ((), (7, 7), (10,)):
     with pytest.raises(ValueError):
       load("fashion_mnist", "test", classes=bad, download=False)
+  for bad in ((), (7, 7), (10,), ("x",)):
+    with pytest.raises(ConfigError):
+      load("fashion_mnist", "test", classes=bad, download=False)
+  # A slice holding none of the classes is an error, not an empty dataset.
+  first = test_split.labels[:3]
+  missing = [c for c in range(10) if c not in first][:1]
+  with pytest.raises(ConfigError, match=re.escape(
+      f"classes {missing} select no examples of fashion_mnist split 'test[:3]'")):
+    load("fashion_mnist", "test[:3]", classes=missing, download=False)
 
 
 def test_missing_data_lists_every_place(tmp_path, monkeypatch):
