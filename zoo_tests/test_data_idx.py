@@ -11,7 +11,7 @@ import pytest
 from zoo.data import idx
 from zoo.data import load
 from zoo.data.catalog import DATASETS
-from zoo.data.errors import CorruptDataError
+from zoo.data.errors import CorruptDataError, DataNotFoundError
 from zoo.errors import ZooError
 
 DEBIAN = "/usr/share/datasets/fashion-mnist"
@@ -212,3 +212,26 @@ def test_system_file_fix_says_reinstall(tmp_path, monkeypatch):
   with pytest.raises(CorruptDataError, match="damaged gzip stream") as e:
     load("fashion_mnist", "test", download=False)
   assert "sudo apt-get install --reinstall dataset-fashion-mnist" in str(e.value)
+
+
+@needs_debian
+@pytest.mark.parametrize("kind", ["directory", "loop", "dangling"])
+def test_idx_name_that_is_not_a_file(tmp_path, monkeypatch, kind):
+  """A folder, a symlink loop or a dangling link under an IDX name is reported
+  as such, not as 'missing' and not as a traceback."""
+  monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+  data = tmp_path / "data"
+  data.mkdir()
+  _copy_test_split(data)
+  bad = data / "t10k-labels-idx1-ubyte.gz"
+  bad.unlink()
+  if kind == "directory":
+    bad.mkdir()
+  elif kind == "loop":
+    os.symlink(bad, bad)
+  else:
+    os.symlink(tmp_path / "gone", bad)
+  with pytest.raises(DataNotFoundError) as e:
+    load("fashion_mnist", "test", data_dir=data, download=False)
+  assert (f"IDX folder {data}: not a readable regular file: "
+          "t10k-labels-idx1-ubyte[.gz]") in str(e.value)

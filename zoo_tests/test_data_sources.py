@@ -215,27 +215,72 @@ def test_classes_filter_and_relabel(test_split):
 
 
 def test_missing_data_lists_every_place(tmp_path, monkeypatch):
-  empty_data, empty_zoo, empty_tfds = (tmp_path / n for n in ("d", "z", "t"))
-  for d in (empty_data, empty_zoo, empty_tfds):
+  """Without data_dir: TFDS_DATA_DIR, ZOO_DATA_DIR (and its subfolders) and the
+  system folders are all searched, and all listed, on one line."""
+  empty_zoo, empty_tfds = tmp_path / "z", tmp_path / "t"
+  for d in (empty_zoo, empty_tfds):
     d.mkdir()
   monkeypatch.setenv("ZOO_DATA_DIR", str(empty_zoo))
   monkeypatch.setenv("TFDS_DATA_DIR", str(empty_tfds))
   with pytest.raises(DataNotFoundError) as e:
-    load("fashion_mnist", "train", data_dir=empty_data, download=False,
+    load("fashion_mnist", "train", download=False,
          system_dirs=[str(tmp_path / "no_debian")])
   msg = str(e.value)
-  assert isinstance(e.value, FileNotFoundError)
+  assert isinstance(e.value, FileNotFoundError) and isinstance(e.value, ZooError)
+  assert "\n" not in msg
   assert "'fashion_mnist'" in msg
-  for place in (empty_data / "fashion_mnist", empty_data / "fashion-mnist",
-                empty_data, empty_zoo / "fashion_mnist", empty_zoo,
-                tmp_path / "no_debian"):
+  for place in (empty_zoo / "fashion_mnist", empty_zoo / "fashion-mnist",
+                empty_zoo, tmp_path / "no_debian"):
     assert f"IDX folder {place}:" in msg
+  assert f"IDX folder {tmp_path / 'no_debian'}: does not exist" in msg
   assert "missing train-images-idx3-ubyte[.gz]" in msg
-  assert f"TFDS data dir {empty_data / 'fashion_mnist'}" in msg
+  assert f"TFDS data dir {empty_tfds / 'fashion_mnist'}" in msg
   assert "download_and_prepare" in msg and "skipped (download=False)" in msg
   for hint in ("--data-dir", "ZOO_DATA_DIR", "TFDS_DATA_DIR", "network",
                "apt-get install dataset-fashion-mnist"):
     assert hint in msg
+  assert len(e.value.tried) == 6 and e.value.tried[0].startswith("TFDS data dir")
+  assert any("apt-get" in h for h in e.value.hints)
+
+
+def test_explicit_empty_data_dir_is_the_only_place(tmp_path, monkeypatch):
+  """An existing data_dir without the data is an error listing what was looked
+  for there; it does not fall back to ZOO_DATA_DIR or the system folders (the
+  real Debian files are there and must not be used)."""
+  empty_data = tmp_path / "d"
+  empty_data.mkdir()
+  monkeypatch.setenv("ZOO_DATA_DIR", DEBIAN)
+  with pytest.raises(DataNotFoundError) as e:
+    load("fashion_mnist", "train", data_dir=empty_data, download=False)
+  msg = str(e.value)
+  assert "\n" not in msg
+  for place in (empty_data / "fashion_mnist", empty_data / "fashion-mnist",
+                empty_data):
+    assert f"IDX folder {place}:" in msg
+  assert f"IDX folder {empty_data}: missing train-images-idx3-ubyte[.gz]" in msg
+  assert f"TFDS data dir {empty_data / 'fashion_mnist'}" in msg
+  assert f"IDX folder {DEBIAN}" not in msg
+  assert ("TFDS_DATA_DIR, ZOO_DATA_DIR and system folders: not searched "
+          f"(data_dir {empty_data} was given explicitly)") in msg
+  assert "leave out --data-dir" in msg
+
+
+@pytest.mark.parametrize("kind", ["missing", "file", "loop"])
+def test_explicit_data_dir_must_be_a_folder(tmp_path, kind):
+  """A mistyped --data-dir is an error, never silently replaced by another source."""
+  path = tmp_path / "data"
+  if kind == "file":
+    path.write_text("not a folder")
+  elif kind == "loop":
+    os.symlink(path, path)  # a link to itself: ELOOP
+  with pytest.raises(DataNotFoundError) as e:
+    load("fashion_mnist", "train", data_dir=path)  # download allowed: still an error
+  msg = str(e.value)
+  problem = {"missing": "does not exist", "file": "is not a directory",
+             "loop": "is a broken symbolic link (or a link loop)"}[kind]
+  assert f"data_dir (--data-dir) {path}: {problem}" in msg
+  assert "check the path given as --data-dir" in msg and "\n" not in msg
+  assert isinstance(e.value, ZooError)
 
 
 def test_failed_download_is_reported(tmp_path, monkeypatch):

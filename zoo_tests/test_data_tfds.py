@@ -31,6 +31,7 @@ def isolated_env(tmp_path, monkeypatch):
 def test_mock_download_path(tmp_path, monkeypatch, name, shape):
   """Nothing local: load() asks TFDS to download_and_prepare, then reads it."""
   monkeypatch.setattr(sources.tfds_source, "network_problem", lambda name: None)
+  (tmp_path / "tfds").mkdir()  # an explicit data_dir must exist
   with tfds.testing.mock_data(num_examples=20):
     split = load(name, "train", data_dir=tmp_path / "tfds")
     half = load(name, "test[:50%]", data_dir=tmp_path / "tfds")
@@ -73,8 +74,7 @@ def test_tfds_prepared_offline_from_debian_equals_idx(tmp_path):
   version_dir = prepare_tfds_from_idx("fashion_mnist", data_dir=tfds_dir)
   assert os.path.isfile(os.path.join(version_dir, "dataset_info.json"))
   for split_name, n in (("train", 60000), ("test", 10000)):
-    from_idx = load("fashion_mnist", split_name, data_dir=tmp_path / "none",
-                    download=False)
+    from_idx = load("fashion_mnist", split_name, download=False)
     assert from_idx.source == "idx:" + DEBIAN
     raw = tfds.as_numpy(tfds.load("fashion_mnist", split=split_name,
                                   data_dir=tfds_dir, batch_size=-1,
@@ -84,8 +84,7 @@ def test_tfds_prepared_offline_from_debian_equals_idx(tmp_path):
     np.testing.assert_array_equal(raw[1], from_idx.labels)
   # zoo's own TFDS path on the prepared copy (test split only: reading 60k
   # PNG-encoded train images again would add ~5 s for no new coverage).
-  from_idx = load("fashion_mnist", "test", data_dir=tmp_path / "none",
-                  download=False)
+  from_idx = load("fashion_mnist", "test", download=False)
   from_tfds = load("fashion_mnist", "test", data_dir=tfds_dir, download=False)
   assert from_tfds.source == f"tfds:{tfds_dir}"
   np.testing.assert_array_equal(from_tfds.images, from_idx.images)

@@ -89,6 +89,9 @@ def load(dataset: str, split: str = "train", *,
 
   split: "train", "test", or TFDS slicing like "train[:90%]", "train[:1000]+test".
   data_dir: a TFDS data dir and/or a folder with IDX files (like --data-dir).
+    An explicit choice: it must exist, and it is the only place searched
+    (then downloaded into, if allowed); $ZOO_DATA_DIR, $TFDS_DATA_DIR and the
+    system folders are searched only without it.
   classes: e.g. (7, 9) keeps only those classes, relabelled 0..k-1 in that order.
   download: allow TFDS to download (network) when nothing local is found.
   system_dirs: IDX folders installed system-wide; default: the catalog's
@@ -296,20 +299,70 @@ def _idx_file(directory: str, stem: str) -> str:
 
 
 def _idx_dirs(info, data_dir, system_dirs) -> list[str]:
-  """Folders searched for IDX files, in order, without duplicates."""
-  roots = [os.fspath(data_dir)] if data_dir else []
-  if os.environ.get("ZOO_DATA_DIR"):
-    roots.append(os.environ["ZOO_DATA_DIR"])
+  """Folders searched for IDX files, in order, without duplicates.
+
+  With an explicit data_dir, only it (and its dataset subfolders).
+  """
+  if data_dir:
+    roots = [os.fspath(data_dir)]
+  else:
+    roots = [os.environ["ZOO_DATA_DIR"]] if os.environ.get("ZOO_DATA_DIR") else []
   dirs = []
   for root in roots:
     root = os.path.expanduser(root)
     dirs += [os.path.join(root, d) for d in info.dir_names] + [root]
-  dirs += list(info.system_dirs if system_dirs is None else system_dirs)
+  if not data_dir:
+    dirs += list(info.system_dirs if system_dirs is None else system_dirs)
   return list(dict.fromkeys(os.path.abspath(d) for d in dirs))
 
 
+def _missing_reason(directory: str, stems: Sequence[str]) -> str | None:
+  """Why `directory` cannot provide the IDX files `stems`, or None if it can."""
+  if not os.path.isdir(directory):
+    return "does not exist"
+  missing, unusable = [], []
+  for stem in stems:
+    if os.path.isfile(_idx_file(directory, stem)):
+      continue
+    raw = os.path.join(directory, stem)
+    if os.path.lexists(raw) or os.path.lexists(raw + ".gz"):
+      unusable.append(stem)  # a folder, a broken link, a link loop, ...
+    else:
+      missing.append(stem)
+  parts = []
+  if missing:
+    parts.append("missing " + ", ".join(f"{s}[.gz]" for s in missing))
+  if unusable:
+    parts.append("not a readable regular file: "
+                 + ", ".join(f"{s}[.gz]" for s in unusable))
+  return ", ".join(parts) or None
+
+
+def _check_data_dir(info, data_dir) -> str:
+  """The explicit data_dir, expanded; DataNotFoundError if it is not a folder."""
+  path = os.path.expanduser(os.fspath(data_dir))
+  if os.path.isdir(path):
+    return path
+  if os.path.exists(path):
+    problem = "is not a directory"
+  elif os.path.lexists(path):
+    problem = "is a broken symbolic link (or a link loop)"
+  else:
+    problem = "does not exist"
+  raise DataNotFoundError(
+      info.name, [f"data_dir (--data-dir) {path}: {problem}"],
+      [f"check the path given as --data-dir / data_dir ({path})",
+       "or leave it out to search TFDS_DATA_DIR, ZOO_DATA_DIR and the "
+       "system folders"])
+
+
 def _find(info, bases, data_dir, download, system_dirs) -> _Source:
-  """Resolution order: prepared TFDS, local IDX files, TFDS download; else raise."""
+  """Resolution order: prepared TFDS, local IDX files, TFDS download; else raise.
+
+  An explicit data_dir must be a folder, and is then the only place searched.
+  """
+  if data_dir:
+    data_dir = _check_data_dir(info, data_dir)
   tried = []
   root = tfds_source.data_dir(data_dir)
   if tfds_source.prepared_files(info.name, root):
@@ -318,16 +371,17 @@ def _find(info, bases, data_dir, download, system_dirs) -> _Source:
                "no prepared version (no <version>/dataset_info.json)")
 
   if info.idx:
+    needed = [stem for b in bases for stem in catalog.IDX_FILES[b]]
     for directory in _idx_dirs(info, data_dir, system_dirs):
-      needed = [stem for b in bases for stem in catalog.IDX_FILES[b]]
-      missing = [s for s in needed if not os.path.isfile(_idx_file(directory, s))]
-      if not missing:
+      reason = _missing_reason(directory, needed)
+      if reason is None:
         return _Source("idx", directory)
-      tried.append(f"IDX folder {directory}: "
-                   + ("does not exist" if not os.path.isdir(directory) else
-                      "missing " + ", ".join(f"{s}[.gz]" for s in missing)))
+      tried.append(f"IDX folder {directory}: {reason}")
   else:
     tried.append(f"IDX files: not used for {info.name} (TFDS only)")
+  if data_dir:
+    tried.append("TFDS_DATA_DIR, ZOO_DATA_DIR and system folders: not searched "
+                 f"(data_dir {data_dir} was given explicitly)")
 
   if download:
     try:
@@ -343,7 +397,11 @@ def _find(info, bases, data_dir, download, system_dirs) -> _Source:
                    f"({type(e).__name__}: {reason})")
   else:
     tried.append(f"TFDS download_and_prepare into {root}: skipped (download=False)")
-  raise DataNotFoundError(info.name, tried, _hints(info, root))
+  hints = _hints(info, root)
+  if data_dir:
+    hints.append("or leave out --data-dir to search TFDS_DATA_DIR, "
+                 "ZOO_DATA_DIR and the system folders")
+  raise DataNotFoundError(info.name, tried, hints)
 
 
 def _hints(info, root: str) -> list[str]:
