@@ -44,7 +44,8 @@ def resolve(spec: str, num_examples: Mapping[str, int]) -> list[tuple[str, int, 
             TypeError) as e:
       # TFDS's message is several lines; its last one is the specific reason.
       reason = (str(e).strip().splitlines() or [type(e).__name__])[-1]
-      raise SplitError(f"bad split {spec!r}: {one_line(reason)}; {SYNTAX}; "
+      reason = one_line(reason).rstrip(".")
+      raise SplitError(f"bad split {spec!r}: {reason}; {SYNTAX}; "
                        f"base splits: {names}") from e
     ranges = []
     for ins in instructions:
