@@ -3,6 +3,7 @@ class filtering, source-independent order, and the not-found message."""
 
 import gzip
 import os
+import re
 import subprocess
 import sys
 import time
@@ -12,10 +13,12 @@ import numpy as np
 import pytest
 
 from zoo.data import cache
-from zoo.data import clear_memory_cache, load, DataNotFoundError
+from zoo.data import CacheWarning, clear_memory_cache, load, DataNotFoundError
 from zoo.data import ordering
 from zoo.data import sources
 from zoo.data import splits
+from zoo.data.errors import CorruptDataError, SplitError, UnknownDatasetError
+from zoo.errors import ConfigError, ZooError
 
 DEBIAN = "/usr/share/datasets/fashion-mnist"
 pytestmark = pytest.mark.skipif(
@@ -91,7 +94,8 @@ def test_damaged_cache_entry_is_rebuilt(test_split):
   with open(entry, "wb") as f:
     f.write(b"garbage")
   clear_memory_cache()
-  again = load("fashion_mnist", "test", download=False)
+  with pytest.warns(CacheWarning, match=f"cache entry {entry}: .*decoding again"):
+    again = load("fashion_mnist", "test", download=False)
   np.testing.assert_array_equal(again.labels, test_split.labels)
   assert np.load(entry).shape == (10000,)
 
@@ -124,6 +128,66 @@ def test_split_parsing_is_tfds(monkeypatch):
       splits.resolve(bad, {"train": 60000, "test": 10000})
 
 
+@pytest.mark.parametrize("bad, reason", [
+    ("bogus", "Unknown split 'bogus'"),
+    ("validation[:5]", "Unknown split 'validation'"),
+    ("train[:200%]", "percent slice boundaries should be in"),
+    ("train[::2]", "Unrecognized split format"),
+    ("", "Unrecognized split format"),
+    ("train+", "Unrecognized split format"),
+    ("train[5:5]", "selects no examples of 'train'"),
+    ("test[:0]", "selects no examples of 'test'"),
+    ("train[-0%:]+test[90%:90%]", "selects no examples of 'test'"),
+    (5, "split must be a string, got int 5"),
+    (None, "split must be a string, got NoneType"),
+])
+def test_split_errors_are_typed_one_line_and_show_the_syntax(bad, reason):
+  counts = {"train": 60000, "test": 10000}
+  for call in (splits.check, splits.resolve):
+    with pytest.raises(SplitError) as e:
+      call(bad, counts)
+    msg = str(e.value)
+    assert isinstance(e.value, ZooError) and isinstance(e.value, ValueError)
+    assert reason in msg and "\n" not in msg
+    assert repr(bad) in msg
+    assert "'train[:90%]'" in msg and "'train[:1000]+test'" in msg
+
+
+def test_split_check_accepts_valid_specs_without_data():
+  counts = {"train": 60000, "test": 10000}
+  for good in ("train", "test", "train[:90%]", "train[90%:]", "train[:1000]+test",
+               "test[-10:]"):
+    assert splits.check(good, counts) is None
+  assert "check(" in splits.__doc__
+
+
+def test_bad_split_fails_before_looking_for_data(tmp_path, monkeypatch):
+  """load() rejects the split string before touching any source."""
+  def must_not_look(*args):
+    raise AssertionError("looked for data although the split is invalid")
+  monkeypatch.setattr(sources, "_find", must_not_look)
+  with pytest.raises(SplitError, match="bad split 'bogus'"):
+    load("fashion_mnist", "bogus")
+  with pytest.raises(SplitError, match="selects no examples"):
+    load("fashion_mnist", "train[10:10]")
+
+
+def test_data_errors_are_zoo_errors_and_pickle():
+  import pickle  # pylint: disable=g-import-not-at-top
+  corrupt = CorruptDataError("/x/f.gz", "truncated\nreally", "reinstall it")
+  assert isinstance(corrupt, ZooError) and isinstance(corrupt, ValueError)
+  assert str(corrupt) == "/x/f.gz: truncated really; reinstall it"
+  missing = DataNotFoundError("ds", ["here: no", "there: no"], ["get it", "or buy it"])
+  assert isinstance(missing, ZooError) and isinstance(missing, FileNotFoundError)
+  assert str(missing) == ("Dataset 'ds' was not found. Places looked: here: no; "
+                          "there: no. How to get it: get it; or buy it")
+  assert missing.tried == ("here: no", "there: no")
+  assert missing.hints == ("get it", "or buy it")
+  for err in (corrupt, missing, SplitError("bad split")):
+    again = pickle.loads(pickle.dumps(err))
+    assert type(again) is type(err) and str(again) == str(err)
+
+
 def test_classes_filter_and_relabel(test_split):
   binary = load("fashion_mnist", "test", classes=(7, 9), download=False)
   assert len(binary) == 2000
@@ -139,30 +203,84 @@ def test_classes_filter_and_relabel(test_split):
   for bad in ((), (7, 7), (10,)):
     with pytest.raises(ValueError):
       load("fashion_mnist", "test", classes=bad, download=False)
+  for bad in ((), (7, 7), (10,), ("x",)):
+    with pytest.raises(ConfigError):
+      load("fashion_mnist", "test", classes=bad, download=False)
+  # A slice holding none of the classes is an error, not an empty dataset.
+  first = test_split.labels[:3]
+  missing = [c for c in range(10) if c not in first][:1]
+  with pytest.raises(ConfigError, match=re.escape(
+      f"classes {missing} select no examples of fashion_mnist split 'test[:3]'")):
+    load("fashion_mnist", "test[:3]", classes=missing, download=False)
 
 
 def test_missing_data_lists_every_place(tmp_path, monkeypatch):
-  empty_data, empty_zoo, empty_tfds = (tmp_path / n for n in ("d", "z", "t"))
-  for d in (empty_data, empty_zoo, empty_tfds):
+  """Without data_dir: TFDS_DATA_DIR, ZOO_DATA_DIR (and its subfolders) and the
+  system folders are all searched, and all listed, on one line."""
+  empty_zoo, empty_tfds = tmp_path / "z", tmp_path / "t"
+  for d in (empty_zoo, empty_tfds):
     d.mkdir()
   monkeypatch.setenv("ZOO_DATA_DIR", str(empty_zoo))
   monkeypatch.setenv("TFDS_DATA_DIR", str(empty_tfds))
   with pytest.raises(DataNotFoundError) as e:
-    load("fashion_mnist", "train", data_dir=empty_data, download=False,
+    load("fashion_mnist", "train", download=False,
          system_dirs=[str(tmp_path / "no_debian")])
   msg = str(e.value)
-  assert isinstance(e.value, FileNotFoundError)
+  assert isinstance(e.value, FileNotFoundError) and isinstance(e.value, ZooError)
+  assert "\n" not in msg
   assert "'fashion_mnist'" in msg
-  for place in (empty_data / "fashion_mnist", empty_data / "fashion-mnist",
-                empty_data, empty_zoo / "fashion_mnist", empty_zoo,
-                tmp_path / "no_debian"):
+  for place in (empty_zoo / "fashion_mnist", empty_zoo / "fashion-mnist",
+                empty_zoo, tmp_path / "no_debian"):
     assert f"IDX folder {place}:" in msg
+  assert f"IDX folder {tmp_path / 'no_debian'}: does not exist" in msg
   assert "missing train-images-idx3-ubyte[.gz]" in msg
-  assert f"TFDS data dir {empty_data / 'fashion_mnist'}" in msg
+  assert f"TFDS data dir {empty_tfds / 'fashion_mnist'}" in msg
   assert "download_and_prepare" in msg and "skipped (download=False)" in msg
   for hint in ("--data-dir", "ZOO_DATA_DIR", "TFDS_DATA_DIR", "network",
                "apt-get install dataset-fashion-mnist"):
     assert hint in msg
+  assert len(e.value.tried) == 6 and e.value.tried[0].startswith("TFDS data dir")
+  assert any("apt-get" in h for h in e.value.hints)
+
+
+def test_explicit_empty_data_dir_is_the_only_place(tmp_path, monkeypatch):
+  """An existing data_dir without the data is an error listing what was looked
+  for there; it does not fall back to ZOO_DATA_DIR or the system folders (the
+  real Debian files are there and must not be used)."""
+  empty_data = tmp_path / "d"
+  empty_data.mkdir()
+  monkeypatch.setenv("ZOO_DATA_DIR", DEBIAN)
+  with pytest.raises(DataNotFoundError) as e:
+    load("fashion_mnist", "train", data_dir=empty_data, download=False)
+  msg = str(e.value)
+  assert "\n" not in msg
+  for place in (empty_data / "fashion_mnist", empty_data / "fashion-mnist",
+                empty_data):
+    assert f"IDX folder {place}:" in msg
+  assert f"IDX folder {empty_data}: missing train-images-idx3-ubyte[.gz]" in msg
+  assert f"TFDS data dir {empty_data / 'fashion_mnist'}" in msg
+  assert f"IDX folder {DEBIAN}" not in msg
+  assert ("TFDS_DATA_DIR, ZOO_DATA_DIR and system folders: not searched "
+          f"(data_dir {empty_data} was given explicitly)") in msg
+  assert "leave out --data-dir" in msg
+
+
+@pytest.mark.parametrize("kind", ["missing", "file", "loop"])
+def test_explicit_data_dir_must_be_a_folder(tmp_path, kind):
+  """A mistyped --data-dir is an error, never silently replaced by another source."""
+  path = tmp_path / "data"
+  if kind == "file":
+    path.write_text("not a folder")
+  elif kind == "loop":
+    os.symlink(path, path)  # a link to itself: ELOOP
+  with pytest.raises(DataNotFoundError) as e:
+    load("fashion_mnist", "train", data_dir=path)  # download allowed: still an error
+  msg = str(e.value)
+  problem = {"missing": "does not exist", "file": "is not a directory",
+             "loop": "is a broken symbolic link (or a link loop)"}[kind]
+  assert f"data_dir (--data-dir) {path}: {problem}" in msg
+  assert "check the path given as --data-dir" in msg and "\n" not in msg
+  assert isinstance(e.value, ZooError)
 
 
 def test_failed_download_is_reported(tmp_path, monkeypatch):
@@ -200,6 +318,10 @@ def test_offline_skips_download_without_waiting(tmp_path, monkeypatch):
 def test_unknown_dataset():
   with pytest.raises(ValueError, match="fashion_mnist"):
     load("imagenet", "train")
+  with pytest.raises(UnknownDatasetError, match="Unknown dataset 'imagenet'"):
+    load("imagenet", "train")
+  with pytest.raises(UnknownDatasetError):
+    load(["fashion_mnist"], "train")  # unhashable: not a TypeError traceback
 
 
 def test_import_does_not_import_tensorflow():

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from zoo.data.errors import UnknownDatasetError
+
 # IDX file stems per base split (TFDS uses the same upstream names).
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -83,9 +85,9 @@ DATASETS: dict[str, DatasetInfo] = {
 
 
 def get(name: str) -> DatasetInfo:
-  """Returns the catalog entry for `name`, or a ValueError listing valid names."""
+  """Returns the catalog entry for `name`, or UnknownDatasetError listing valid names."""
   try:
     return DATASETS[name]
-  except KeyError:
-    raise ValueError(
+  except (KeyError, TypeError):  # TypeError: unhashable, e.g. a list from a config
+    raise UnknownDatasetError(
         f"Unknown dataset {name!r}; zoo knows {sorted(DATASETS)}") from None

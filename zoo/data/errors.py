@@ -1,45 +1,73 @@
-"""Errors raised by the data layer, with messages that say what to do next."""
+"""Errors raised by the data layer, with messages that say what to do next.
+
+Each is a `zoo.errors.ZooError` (the CLI prints it as one line and exits 2) and
+keeps its historical builtin base (ValueError, FileNotFoundError) so existing
+`except` clauses still catch it. Messages are single lines.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
 
+from zoo.errors import ZooError
 
-class CorruptDataError(ValueError):
+
+def one_line(text: str) -> str:
+  """`text` with its lines joined by spaces (messages are printed as one line)."""
+  return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+class CorruptDataError(ZooError, ValueError):
   """A data file exists but its content is wrong (truncated, bad header, bad hash).
 
-  Raised instead of returning arrays built from a damaged file.
+  Raised instead of returning arrays built from a damaged file. `fix` says what
+  to do (reinstall, delete and prepare again, ...); it ends the message.
   """
 
-  def __init__(self, path: os.PathLike | str, problem: str):
+  def __init__(self, path: os.PathLike | str, problem: str, fix: str = ""):
     self.path = os.fspath(path)
     self.problem = problem
-    super().__init__(f"{self.path}: {problem}")
+    self.fix = fix
+    message = f"{self.path}: {one_line(problem)}"
+    if fix:
+      message += f"; {one_line(fix)}"
+    super().__init__(message)
 
   def __reduce__(self):  # Picklable across processes despite the custom __init__.
-    return type(self), (self.path, self.problem)
+    return type(self), (self.path, self.problem, self.fix)
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(ZooError, FileNotFoundError):
   """No usable copy of a dataset was found anywhere we looked.
 
-  The message names the dataset, every place looked (one per line, with why it
-  was rejected), and how to get the data.
+  The message (one line) names the dataset, every place looked (with why it
+  was rejected) and how to get the data; `.tried` and `.hints` hold the parts.
   """
 
   def __init__(self, dataset: str, tried: Sequence[str], hints: Sequence[str]):
     self.dataset = dataset
     self.tried = tuple(tried)
     self.hints = tuple(hints)
-    lines = [f"Dataset {dataset!r} was not found. Places looked:"]
-    lines += [f"  - {place}" for place in self.tried]
-    lines.append("How to get it:")
-    lines += [f"  - {hint}" for hint in self.hints]
-    super().__init__("\n".join(lines))
+    message = (f"Dataset {dataset!r} was not found. Places looked: "
+               + "; ".join(one_line(p) for p in self.tried)
+               + ". How to get it: " + "; ".join(one_line(h) for h in self.hints))
+    super().__init__(message)
 
   def __str__(self) -> str:  # FileNotFoundError would add "[Errno ...]" noise.
     return self.args[0]
 
   def __reduce__(self):
     return type(self), (self.dataset, self.tried, self.hints)
+
+
+class SplitError(ZooError, ValueError):
+  """A split string is malformed, names an unknown split, or selects nothing."""
+
+
+class UnknownDatasetError(ZooError, ValueError):
+  """The dataset name is not in zoo's catalog."""
+
+
+class CacheWarning(UserWarning):
+  """The decoded-data cache was unusable (tampered, stale, unwritable); not fatal."""

@@ -1,13 +1,15 @@
 """Strict reader for IDX files (the MNIST file format), gzip-compressed or raw.
 
 Every header field is checked against the file length, so a truncated or
-damaged file raises CorruptDataError instead of yielding garbage arrays.
+damaged file raises CorruptDataError instead of yielding garbage arrays, and a
+header declaring a huge count allocates nothing beyond the bytes read.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import zlib
 
@@ -28,8 +30,10 @@ def read_bytes(path: os.PathLike | str) -> bytes:
       data = f.read()
   except FileNotFoundError:
     raise
-  except OSError as e:
-    raise CorruptDataError(path, f"cannot be read: {e}") from e
+  except OSError as e:  # EISDIR, EACCES, EIO, ELOOP, ...
+    raise CorruptDataError(path, f"cannot be read: {e}",
+                           "check that it is a regular file you may read "
+                           "(permissions), or replace it") from e
   if data[:2] == b"\x1f\x8b":  # gzip magic, whatever the file is called
     try:
       data = gzip.decompress(data)
@@ -62,7 +66,8 @@ def parse(data: bytes, expected_magic: int, path: os.PathLike | str) -> np.ndarr
                for i in range(ndim))
   if any(d == 0 for d in dims):
     raise CorruptDataError(path, f"header declares an empty array {dims}")
-  expected_len = header_len + int(np.prod(dims, dtype=np.int64))
+  # Python ints: an int64 product of three 32-bit dims could wrap around.
+  expected_len = header_len + math.prod(dims)
   if len(data) != expected_len:
     problem = "truncated" if len(data) < expected_len else "has trailing bytes"
     raise CorruptDataError(
@@ -76,15 +81,20 @@ def parse(data: bytes, expected_magic: int, path: os.PathLike | str) -> np.ndarr
 def read(path: os.PathLike | str, expected_magic: int,
          sha256: str | None = None) -> np.ndarray:
   """Reads and validates one IDX file; optionally checks the decompressed sha256."""
+  return read_with_digest(path, expected_magic, sha256)[0]
+
+
+def read_with_digest(path: os.PathLike | str, expected_magic: int,
+                     sha256: str | None = None) -> tuple[np.ndarray, str]:
+  """Like `read`, also returning the decompressed content's sha256 (hex)."""
   data = read_bytes(path)
   array = parse(data, expected_magic, path)  # Structure first: clearer errors.
-  if sha256 is not None:
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != sha256:
-      raise CorruptDataError(
-          path, f"decompressed content has sha256 {digest}, expected {sha256} "
-          "(damaged or a different file under the same name)")
-  return array
+  digest = hashlib.sha256(data).hexdigest()
+  if sha256 is not None and digest != sha256:
+    raise CorruptDataError(
+        path, f"decompressed content has sha256 {digest}, expected {sha256} "
+        "(damaged or a different file under the same name)")
+  return array, digest
 
 
 def read_images(path: os.PathLike | str, sha256: str | None = None) -> np.ndarray:
@@ -101,10 +111,22 @@ def read_pair(images_path: os.PathLike | str, labels_path: os.PathLike | str,
               images_sha256: str | None = None,
               labels_sha256: str | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Reads matching images and labels files and checks their counts agree."""
-  images = read_images(images_path, images_sha256)
-  labels = read_labels(labels_path, labels_sha256)
+  images, labels, _ = read_pair_with_digests(images_path, labels_path,
+                                             images_sha256, labels_sha256)
+  return images, labels
+
+
+def read_pair_with_digests(
+    images_path: os.PathLike | str, labels_path: os.PathLike | str,
+    images_sha256: str | None = None, labels_sha256: str | None = None,
+) -> tuple[np.ndarray, np.ndarray, tuple[str, str]]:
+  """Like `read_pair`, also returning both files' decompressed sha256."""
+  images, images_digest = read_with_digest(images_path, IMAGES_MAGIC,
+                                           images_sha256)
+  labels, labels_digest = read_with_digest(labels_path, LABELS_MAGIC,
+                                           labels_sha256)
   if images.shape[0] != labels.shape[0]:
     raise CorruptDataError(
         labels_path, f"holds {labels.shape[0]} labels but "
         f"{os.fspath(images_path)} holds {images.shape[0]} images")
-  return images, labels
+  return images, labels, (images_digest, labels_digest)

@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import struct
+import sys
 import tempfile
 
 from zoo.data import catalog
 from zoo.data import tfds_source
-from zoo.data.errors import CorruptDataError, DataNotFoundError
+from zoo.data.errors import CorruptDataError, DataNotFoundError, UnknownDatasetError
+from zoo.errors import ZooError
 
 # mtime fields of upstream's gzip headers (found by matching TFDS's checksums).
 UPSTREAM_GZIP_MTIME = {
@@ -34,8 +36,14 @@ _FNAME = 0x08  # gzip header flag: an original file name follows.
 
 def restore_gzip_header(src: str, dst: str, name: str, mtime: int) -> None:
   """Writes `src` to `dst` with the gzip header's FNAME=`name` and MTIME=`mtime`."""
-  with open(src, "rb") as f:
-    raw = f.read()
+  try:
+    with open(src, "rb") as f:
+      raw = f.read()
+  except FileNotFoundError:
+    raise
+  except OSError as e:  # EISDIR, EACCES, ...
+    raise CorruptDataError(src, f"cannot be read: {e}",
+                           "check that it is a regular file you may read") from e
   if len(raw) < 18 or raw[:3] != b"\x1f\x8b\x08":
     raise CorruptDataError(src, "not a gzip (deflate) file")
   flags = raw[3]
@@ -73,8 +81,17 @@ def prepare_tfds_from_idx(dataset: str = "fashion_mnist",
   """
   info = catalog.get(dataset)
   if dataset not in UPSTREAM_GZIP_MTIME:
-    raise ValueError(f"offline TFDS preparation supports {sorted(UPSTREAM_GZIP_MTIME)}")
+    raise UnknownDatasetError(f"offline TFDS preparation supports "
+                              f"{sorted(UPSTREAM_GZIP_MTIME)}, not {dataset!r}")
   source_dir = os.fspath(source_dir) if source_dir else _find_source_dir(info)
+  missing = [s + ".gz" for s in UPSTREAM_GZIP_MTIME[dataset]
+             if not os.path.isfile(os.path.join(source_dir, s + ".gz"))]
+  if missing:
+    raise DataNotFoundError(
+        dataset, [f"source_dir {source_dir}: missing {', '.join(missing)}"],
+        ["pass --source-dir a folder holding the four upstream .gz files"
+         + (f" (sudo apt-get install {info.apt_package} installs them into "
+            f"{info.system_dirs[0]})" if info.apt_package else "")])
   root = tfds_source.data_dir(data_dir)
   tfds = tfds_source.import_tfds()
   builder = tfds.builder(dataset, data_dir=root)
@@ -105,7 +122,11 @@ def main(argv=None) -> None:
   parser.add_argument("--data-dir", default=None, help="TFDS data dir")
   parser.add_argument("--source-dir", default=None, help="folder with the .gz files")
   args = parser.parse_args(argv)
-  print(prepare_tfds_from_idx(args.dataset, args.data_dir, args.source_dir))
+  try:
+    print(prepare_tfds_from_idx(args.dataset, args.data_dir, args.source_dir))
+  except ZooError as e:  # One line, like the zoo CLI.
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import glob
+import hashlib
 import importlib.resources
 import os
 import socket
@@ -15,6 +16,8 @@ import sys
 import urllib.parse
 
 import numpy as np
+
+from zoo.data.errors import CorruptDataError
 
 
 def import_tfds():
@@ -46,31 +49,66 @@ def prepared_files(name: str, root: str) -> list[str]:
   """Files of every prepared version of `name` under `root` ([] if none).
 
   A plain filesystem check, so that looking costs no TF/TFDS import.
+  CorruptDataError if a version folder exists but cannot be listed.
   """
   infos = glob.glob(os.path.join(glob.escape(root), name, "*", "dataset_info.json"))
   files = []
-  for info in infos:
+  for info in sorted(infos):
     version_dir = os.path.dirname(info)
-    files += [os.path.join(version_dir, f) for f in sorted(os.listdir(version_dir))
-              if os.path.isfile(os.path.join(version_dir, f))]
+    try:
+      files += [os.path.join(version_dir, f) for f in sorted(os.listdir(version_dir))
+                if os.path.isfile(os.path.join(version_dir, f))]
+    except OSError as e:
+      raise CorruptDataError(version_dir, f"cannot be listed ({e})",
+                             repair_hint(name, root)) from e
   return files
 
 
+def repair_hint(name: str, root: str) -> str:
+  """What to do about a damaged prepared copy of `name` in `root`."""
+  local = (", or offline from the local IDX files: python -m zoo.data.tfds_local "
+           f"--dataset {name} --data-dir {root}" if name == "fashion_mnist" else "")
+  return (f"delete {os.path.join(root, name)} and prepare it again (load it "
+          f"with download allowed{local}); or point --data-dir elsewhere")
+
+
+def file_sha256(path: str) -> str:
+  """sha256 of a file's bytes, read in chunks."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 22), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
 def read_split(name: str, root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """Reads a whole prepared split as (uint8 NHWC images, int32 labels), in TFDS order."""
+  """Reads a whole prepared split as (images, labels) as TFDS stores them, in TFDS order.
+
+  Labels keep TFDS's integer dtype: the caller range-checks them before any
+  cast. Whatever TFDS raises while reading (damaged records, missing shards,
+  a broken dataset_info.json) becomes CorruptDataError naming the folder.
+  """
   tfds = import_tfds()
-  builder = tfds.builder(name, data_dir=root)
-  # Fixed-size batches, not batch_size=-1: that batches by the recorded example
-  # count, which is unknown (-> sys.maxsize, a native abort) for mocked data.
-  ds = builder.as_dataset(split=split, batch_size=_READ_BATCH,
-                          as_supervised=True, shuffle_files=False)
-  images, labels = [], []
-  for image_batch, label_batch in tfds.as_numpy(ds):
-    images.append(image_batch)
-    labels.append(label_batch)
+  where = os.path.join(root, name)
+  try:
+    builder = tfds.builder(name, data_dir=root)
+    # Fixed-size batches, not batch_size=-1: that batches by the recorded example
+    # count, which is unknown (-> sys.maxsize, a native abort) for mocked data.
+    ds = builder.as_dataset(split=split, batch_size=_READ_BATCH,
+                            as_supervised=True, shuffle_files=False)
+    images, labels = [], []
+    for image_batch, label_batch in tfds.as_numpy(ds):
+      images.append(np.asarray(image_batch))
+      labels.append(np.asarray(label_batch))
+  except Exception as e:  # pylint: disable=broad-except  (TF/TFDS error zoo)
+    reason = (str(e).strip().splitlines() or [""])[0][:300]
+    raise CorruptDataError(
+        where, f"TFDS could not read split {split!r} of the prepared {name} "
+        f"({type(e).__name__}: {reason})", repair_hint(name, root)) from e
   if not images:
-    raise ValueError(f"TFDS split {name}/{split} in {root} is empty")
-  return np.concatenate(images), np.concatenate(labels).astype(np.int32)
+    raise CorruptDataError(where, f"TFDS split {split!r} is empty",
+                           repair_hint(name, root))
+  return np.concatenate(images), np.concatenate(labels)
 
 
 _READ_BATCH = 10000
