@@ -196,6 +196,12 @@ def _check_classes(cfg: Mapping[str, Any]) -> None:
     raise ConfigError(
         f"data.classes {classes} must be two or more distinct class ids in "
         f"0..{info.num_classes - 1} of {info.name}, or empty for all.")
+  from zoo.data import splits  # TFDS's split syntax, checked without data
+  for key in ("train_split", "test_split"):
+    try:
+      splits.check(cfg["data"][key], info.num_examples)
+    except ZooError as e:
+      raise ConfigError(f"data.{key}: {e}") from None
   if cfg["loss"]["name"] == "binary_cross_entropy" and len(classes) != 2:
     raise ConfigError("binary_cross_entropy needs exactly two data.classes "
                       "(the first becomes label 0, the second label 1).")
