@@ -1,25 +1,76 @@
-"""Evaluation over a whole split: no example dropped (the last batch is padded
-and masked). Reports accuracy, mean loss and per-class accuracy."""
+"""Evaluation over a whole split, on every device of every process: no example
+dropped or counted twice (the last batch is padded and masked). Reports
+accuracy, mean loss and per-class accuracy.
+
+Each global eval batch is split over the run's devices the way training splits
+its batches: process p takes the p-th contiguous block, each of its devices a
+contiguous block of that. Every device runs its share of all batches as one
+`lax.scan` inside `shard_map` over a `Mesh`, and the sums (correct, loss,
+count, per-class counts) are `psum`-ed over the mesh, so over processes too
+under `jax.distributed`. The split stays uint8 on the devices; it becomes
+float inside the compiled step (`to_float`).
+"""
 from __future__ import annotations
 
 from typing import Any
 
 import jax
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from zoo.data.pipeline import to_float
 from zoo.train.step import make_eval_step
 
+AXIS = "data"
+
+
+def eval_devices(strategy=None, device=None) -> list:
+  """The devices an evaluation spans: the strategy's devices in this process
+  plus every device of the other processes (as the mesh strategy lays them
+  out), else `device`, else this process's first device."""
+  if strategy is None:
+    return [device or jax.local_devices()[0]]
+  local = set(strategy.devices)
+  me = jax.process_index()
+  return [d for d in jax.devices() if d.process_index != me or d in local]
+
+
+def _global(x, sharding: NamedSharding) -> jax.Array:
+  """A host array placed with `sharding`; each process puts only its own
+  shards (the mesh may span processes)."""
+  x = np.asarray(x)
+  if sharding.is_fully_addressable:
+    return jax.device_put(x, sharding)
+  return jax.make_array_from_callback(x.shape, sharding, lambda i: x[i])
+
+
+def _host(x: jax.Array) -> np.ndarray:
+  """This process's copy of a replicated (possibly global) array."""
+  if not x.is_fully_addressable:
+    x = x.addressable_data(0)
+  return np.asarray(jax.device_get(x))
+
 
 class Evaluator:
-  """Holds a split on one device and evaluates parameters on all of it."""
+  """Holds a split on the devices of a strategy (or one device) and evaluates
+  parameters on all of it, exactly.
+
+  `strategy`: the run's strategy; its devices in this process and all devices
+  of the other processes share every batch. Without it, `device` (default:
+  this process's first device) evaluates alone, as `zoo eval` does.
+  """
 
   def __init__(self, entry, images: np.ndarray, labels: np.ndarray,
-               batch_size: int = 1000, device=None):
+               batch_size: int = 1000, device=None, strategy=None):
     self.entry = entry
     self.num_examples = len(labels)
-    self.batch_size = max(1, min(batch_size, self.num_examples))
-    self.device = device or jax.local_devices()[0]
+    self.devices = eval_devices(strategy, device)
+    self.mesh = Mesh(np.array(self.devices), (AXIS,))
+    n_dev = self.mesh.size
+    wanted = max(1, min(batch_size, self.num_examples))
+    # Each global batch splits evenly: round it up to a multiple of devices.
+    self.per_device = -(-wanted // n_dev)
+    self.batch_size = self.per_device * n_dev
     batches = -(-self.num_examples // self.batch_size)
     pad = batches * self.batch_size - self.num_examples
     mask = np.concatenate([np.ones(self.num_examples, np.float32),
@@ -28,25 +79,32 @@ class Evaluator:
                                               images.dtype)])
     labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
     shape = (batches, self.batch_size)
-    self._data = jax.device_put(
-        (images.reshape(*shape, *images.shape[1:]),
-         labels.reshape(shape).astype(np.int32), mask.reshape(shape)),
-        self.device)
+    self._replicated = NamedSharding(self.mesh, P())
+    sharded = NamedSharding(self.mesh, P(None, AXIS))
+    self._data = tuple(_global(x, sharded) for x in (
+        images.reshape(*shape, *images.shape[1:]),
+        labels.reshape(shape).astype(np.int32), mask.reshape(shape)))
     eval_step = make_eval_step(entry)
 
     def run(params, model_state, images, labels, mask):
-      return eval_step(params, model_state, to_float(images), labels, mask)
-    self._step = jax.jit(run)
+      """This device's share of every batch, summed, then summed over all
+      devices (and processes)."""
+      def body(carry, batch):
+        images, labels, mask = batch
+        return carry, eval_step(params, model_state, to_float(images),
+                                labels, mask)
+      _, sums = jax.lax.scan(body, None, (images, labels, mask))
+      return jax.lax.psum(jax.tree.map(lambda x: x.sum(axis=0), sums), AXIS)
+
+    self._run = jax.jit(jax.shard_map(
+        run, mesh=self.mesh, in_specs=(P(), P(), P(None, AXIS),
+                                       P(None, AXIS), P(None, AXIS)),
+        out_specs=P()))
 
   def __call__(self, params, model_state=None) -> dict[str, Any]:
-    params, model_state = jax.device_put((params, model_state or {}),
-                                         self.device)
-    images, labels, mask = self._data
-    totals = None
-    for b in range(images.shape[0]):
-      out = self._step(params, model_state, images[b], labels[b], mask[b])
-      totals = out if totals is None else jax.tree.map(np.add, totals, out)
-    totals = jax.device_get(totals)
+    params, model_state = jax.tree.map(
+        lambda x: _global(x, self._replicated), (params, model_state or {}))
+    totals = jax.tree.map(_host, self._run(params, model_state, *self._data))
     count = float(totals["count"])
     assert count == self.num_examples, (count, self.num_examples)
     per_class = totals["class_correct"] / np.maximum(totals["class_count"], 1)
@@ -62,7 +120,8 @@ class Evaluator:
 def evaluate_model(name_or_entry, params, model_state=None, *,
                    data_dir: str | None = None, split: str | None = None,
                    batch_size: int | None = None) -> dict[str, Any]:
-  """Evaluates `params` of a registered model on its test split."""
+  """Evaluates `params` of a registered model on its test split (one device
+  of this process)."""
   from zoo import data, registry
   entry = (registry.get(name_or_entry) if isinstance(name_or_entry, str)
            else name_or_entry)

@@ -82,7 +82,7 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
                         batch=tcfg["batch_size"], loop=tcfg["loop"])
     evaluator = Evaluator(run.entry, run.test_split.images,
                           run.test_split.labels, tcfg["eval_batch_size"],
-                          device=run.strat.devices[0])
+                          strategy=run.strat)
     preempt = stack.enter_context(Preemption())
     train_seconds, images_seen = 0.0, 0
     while step < run.total_steps:
