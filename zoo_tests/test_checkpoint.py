@@ -6,10 +6,14 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 import zoo
@@ -68,22 +72,25 @@ def test_checkpoint_files_pruning_and_contents(reference):
   manager = ckpt_lib.CheckpointManager(ckdir, 3)
   for step in manager.steps():
     path = manager.path(step)
-    assert _entries(path) == ["arrays.npz", "meta.json", "sha256.json"]
-    digests = json.loads((path / "sha256.json").read_text())
+    # orbax's step directory: the state, zoo's meta and integrity record.
+    assert {"state", "meta", "integrity"} <= set(_entries(path))
+    assert not list(path.rglob("*.pkl"))
     manager.verify(step)
-    assert set(digests) == {"arrays.npz", "meta.json"}
-    meta = json.loads((path / "meta.json").read_text())
+    integrity = manager._records[step]
+    assert set(integrity) == {"format", "state_sha256", "meta_sha256"}
+    meta = manager.read_meta(step)
     # The resolved config and the position in the data order.
     assert meta["config"] == out.result["config"]
     assert meta["step"] == step
     assert (meta["epoch"], meta["step_in_epoch"]) == divmod(step, 16)
-    with np.load(path / "arrays.npz", allow_pickle=False) as z:
-      keys = set(z.files)
-    for part in (".params", ".opt_state", ".rng", ".step", ".nonfinite_step",
-                 ".skipped"):
-      assert any(k.startswith(part) for k in keys), (part, keys)
+    # orbax alone restores it (nested dicts of numpy arrays).
+    raw = ocp.StandardCheckpointer().restore(path / "state")
+    for part in ("params", "opt_state", "rng", "step", "nonfinite_step",
+                 "skipped"):
+      assert part in raw, (part, sorted(raw))
+    assert int(raw["step"]) == step
   # A mid-epoch checkpoint carries the running sums of its epoch.
-  meta28 = json.loads((manager.path(28) / "meta.json").read_text())
+  meta28 = manager.read_meta(28)
   assert meta28["epoch_partial"]["steps"] == 12
   assert len(meta28["history"]) == 1
   # Content round-trips: the final checkpoint is the returned state.
@@ -134,35 +141,67 @@ def test_manager_round_trip_keep_k_and_replace(tmp_path):
     manager.restore(5, bad)
 
 
-def test_crash_mid_save_leaves_no_partial_checkpoint(tmp_path, monkeypatch):
-  manager = ckpt_lib.CheckpointManager(tmp_path, keep=3)
-  manager.save(1, _tree(), {})
+_SAVER = """
+import sys
+import numpy as np
+from zoo.train import checkpoint as ckpt_lib
+manager = ckpt_lib.CheckpointManager(sys.argv[1], keep=1000)
+tree = {"w": np.arange(1 << 18, dtype=np.float32), "b": np.ones(3, np.int32)}
+for step in range(1, 100000):
+  tree["w"] += 1
+  manager.save(step, tree, {"note": step})
+"""
 
-  def broken_savez(*args, **kwargs):
-    raise OSError("disk full")
-  monkeypatch.setattr(np, "savez", broken_savez)
-  with pytest.raises(OSError, match="disk full"):
-    manager.save(2, _tree(), {})
-  assert _entries(tmp_path) == ["step_000000001"]
-  manager.verify(1)
-  monkeypatch.undo()
-  assert manager.restore_latest(_tree())[1]["step"] == 1
+
+@pytest.mark.parametrize("delay", [0.3, 0.7, 1.3])
+def test_sigkill_mid_save_leaves_no_partial_checkpoint(tmp_path, delay):
+  """A process saving as fast as it can is SIGKILLed: every checkpoint that
+  is visible afterwards restores and verifies, and a new save goes on."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+  proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(tmp_path)],
+                          env=env, stderr=subprocess.PIPE)
+  manager = ckpt_lib.CheckpointManager(tmp_path, keep=1000)
+  try:
+    deadline = time.monotonic() + 120
+    while len(manager.steps()) < 2 and time.monotonic() < deadline:
+      assert proc.poll() is None, proc.stderr.read()
+      time.sleep(0.01)
+    time.sleep(delay)
+  finally:
+    proc.kill()
+    proc.wait()
+  steps = manager.steps()
+  assert len(steps) >= 2
+  template = {"w": np.zeros(1 << 18, np.float32), "b": np.zeros(3, np.int32)}
+  for step in steps:
+    tree, meta = manager.restore(step, template)
+    assert meta["note"] == step and tree["w"][0] == step
+  # Whatever the kill left behind is not a checkpoint, and is cleared.
+  fresh = ckpt_lib.CheckpointManager(tmp_path, keep=1000)
+  fresh.save(steps[-1] + 1, template, {"note": 0})
+  assert fresh.steps() == [*steps, steps[-1] + 1]
+  assert not [p for p in tmp_path.iterdir() if "tmp" in p.name]
 
 
 def test_leftovers_of_a_killed_save_are_ignored_then_removed(tmp_path):
   manager = ckpt_lib.CheckpointManager(tmp_path, keep=3)
   manager.save(1, _tree(), {})
-  junk = tmp_path / ".tmp_step_2_abc"
-  junk.mkdir()
-  (junk / "arrays.npz").write_bytes(b"PK\x03\x04half")
+  junk = tmp_path / "step_000000002.orbax-checkpoint-tmp-1234"
+  (junk / "state").mkdir(parents=True)
+  (junk / "state" / "manifest.ocdbt").write_bytes(b"half")
   assert manager.steps() == [1]
   assert manager.restore_latest(_tree())[1]["step"] == 1
-  manager.save(2, _tree(), {})
+  again = ckpt_lib.CheckpointManager(tmp_path, keep=3)  # the next run
+  again.save(2, _tree(), {})
   assert _entries(tmp_path) == ["step_000000001", "step_000000002"]
 
 
 def _damage(path: Path, how: str) -> None:
-  arrays = path / "arrays.npz"
+  """Damages a checkpoint's array data (the largest file under state/), or
+  removes its integrity record or its state."""
+  data_files = [p for p in (path / "state").rglob("*") if p.is_file()]
+  arrays = max(data_files, key=lambda p: p.stat().st_size)
   if how == "flip":
     data = bytearray(arrays.read_bytes())
     for i in range(len(data) // 2, len(data) // 2 + 8):
@@ -172,9 +211,9 @@ def _damage(path: Path, how: str) -> None:
     data = arrays.read_bytes()
     arrays.write_bytes(data[:len(data) // 3])
   elif how == "no_digest":
-    (path / "sha256.json").unlink()
+    shutil.rmtree(path / "integrity")
   elif how == "no_arrays":
-    arrays.unlink()
+    shutil.rmtree(path / "state")
   else:
     raise ValueError(how)
 
@@ -237,7 +276,7 @@ def test_sigterm_in_process_saves_then_resume_matches(reference, tmp_path,
   assert not (tmp_path / "result.json").exists()
   manager = ckpt_lib.CheckpointManager(tmp_path / "checkpoints")
   assert manager.steps() == [12, 16, 17]
-  meta = json.loads((manager.path(17) / "meta.json").read_text())
+  meta = manager.read_meta(17)
   assert (meta["epoch"], meta["step_in_epoch"]) == (1, 1)
   monkeypatch.undo()
   out = _train(tmp_path)
@@ -288,10 +327,9 @@ def test_eval_workdir_and_weights_reproduce_result(reference, tmp_path,
   assert code == 0
   assert res["accuracy"] == out.result["test_accuracy"]
   assert res["examples"] == 500  # the run's own test split
-  # The same numbers from a weights file, and from a checkpoint's arrays.
+  # The same numbers from a weights file, and from a checkpoint directory.
   wfile = weights.save(tmp_path / "w.npz", out.params, out.model_state)
-  for path in (wfile, workdir / "checkpoints" / "step_000000032" /
-               "arrays.npz"):
+  for path in (wfile, workdir / "checkpoints" / "step_000000032"):
     code = cli.main(["eval", MODEL, "--workdir", str(workdir), "--weights",
                      str(path)])
     assert code == 0
@@ -315,3 +353,34 @@ def test_resume_accepts_checkpoints_from_before_a_new_config_key():
   bf16["train"]["compute_dtype"] = "bfloat16"
   assert _config_changes(older, bf16) == ["train.compute_dtype"]
   assert _config_changes(cfg, bf16) == ["train.compute_dtype"]
+
+
+def _write_legacy(path: Path, state, meta) -> None:
+  """A checkpoint as zoo wrote them before orbax: arrays.npz (leaves by tree
+  path), meta.json and sha256.json over both."""
+  path.mkdir(parents=True)
+  ckpt_lib.write_npz(path / "arrays.npz", ckpt_lib.flatten(state))
+  (path / "meta.json").write_text(json.dumps(meta))
+  (path / "sha256.json").write_text(json.dumps(
+      {n: ckpt_lib._sha256(path / n) for n in ("arrays.npz", "meta.json")}))
+
+
+def test_checkpoints_of_an_older_zoo_are_refused_for_resume_but_evaluate(
+    reference, tmp_path, capsys):
+  """A workdir from zoo before orbax: resuming says what to do (one line,
+  status 2); its weights still evaluate to the run's accuracy."""
+  workdir, out = reference
+  manager = ckpt_lib.CheckpointManager(workdir / "checkpoints")
+  _, template = _template(out.result)
+  state, meta = manager.restore(32, template)
+  _write_legacy(tmp_path / "checkpoints" / "step_000000032", state, meta)
+  with pytest.raises(ckpt_lib.LegacyCheckpointError,
+                     match=r"older zoo .*--weights .*arrays.npz.*new --workdir"):
+    _train(tmp_path)
+  code = cli.main(["train", MODEL, "--epochs", "2", "--workdir",
+                   str(tmp_path)])
+  err = capsys.readouterr().err
+  assert code == 2 and err.count("\n") == 1 and "older zoo" in err
+  assert cli.main(["eval", MODEL, "--workdir", str(tmp_path)]) == 0
+  res = json.loads(capsys.readouterr().out)
+  assert res["accuracy"] == out.result["test_accuracy"]

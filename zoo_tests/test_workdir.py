@@ -228,16 +228,16 @@ def _tree(value=0.0):
 
 
 def test_meta_that_is_not_a_record_is_damaged(tmp_path, caplog):
-  """meta.json of `[]` whose sha256.json was rewritten to match."""
+  """A meta of `[]` whose integrity record was rewritten to match."""
   manager = ckpt_lib.CheckpointManager(tmp_path, keep=3)
   manager.save(1, _tree(1), {})
   manager.save(2, _tree(2), {})
   path = manager.path(2)
-  (path / "meta.json").write_text("[]")
-  digests = json.loads((path / "sha256.json").read_text())
-  digests["meta.json"] = ckpt_lib._sha256(path / "meta.json")
-  (path / "sha256.json").write_text(json.dumps(digests))
-  manager.verify(2)  # the digests match ...
+  (path / "meta" / "metadata").write_text("[]")
+  record = path / "integrity" / "metadata"
+  integrity = json.loads(record.read_text())
+  integrity["meta_sha256"] = ckpt_lib.meta_digest([])
+  record.write_text(json.dumps(integrity))  # the digests match ...
   with caplog.at_level(logging.WARNING, logger="zoo.checkpoint"):
     tree, meta = manager.restore_latest(_tree())  # ... the record does not
   assert meta["step"] == 1 and "not the record of step 2" in caplog.text
@@ -275,34 +275,45 @@ def test_checkpoints_that_is_a_file(tmp_path):
   assert (tmp_path / "checkpoints").read_text() == "mine"
 
 
-def test_disk_full_during_a_save_keeps_the_last_good_checkpoint(
-    tmp_path, reference, monkeypatch):
-  """The third save fails with ENOSPC: one-line error naming the intact
-  checkpoint, no partial one left, and a re-run resumes bit-exactly."""
-  real_write = ckpt_lib.write_npz
-  calls = []
-
-  def full_disk(path, arrays):
-    calls.append(path)
-    if len(calls) == 3:
-      with open(path, "wb") as f:
-        f.write(b"PK\x03\x04 half")
-      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-    return real_write(path, arrays)
-
-  monkeypatch.setattr(ckpt_lib, "write_npz", full_disk)
-  with pytest.raises(WorkdirError) as info:
-    _train(tmp_path)
-  msg = str(info.value)
-  assert "\n" not in msg
-  assert "No space left on device" in msg and "free some space" in msg
-  assert "step_000000032) is intact" in msg
-  ckdir = tmp_path / "checkpoints"
-  assert sorted(p.name for p in ckdir.iterdir()) == ["step_000000016",
-                                                     "step_000000032"]
-  monkeypatch.undo()
+def test_file_size_limit_during_a_save_keeps_the_last_good_checkpoint(
+    tmp_path, reference):
+  """A real filesystem fault: after its first checkpoints, the run's file
+  size limit is cut to 4 KiB (prlimit, as a full quota would), so its next
+  checkpoint cannot be written. One line naming the intact checkpoint, exit
+  2, no partial checkpoint visible; a re-run resumes bit-exactly."""
+  import resource
+  proc = _zoo("train", *CLI_ARGS, "--workdir", str(tmp_path))
+  manager = ckpt_lib.CheckpointManager(tmp_path / "checkpoints")
+  try:
+    _wait_for(lambda: len(manager.steps()) >= 2, proc, "two checkpoints")
+    proc.send_signal(signal.SIGSTOP)
+    resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (4096, 4096))
+    proc.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  assert proc.returncode == 2, err
+  line = err.strip().splitlines()[-1]
+  assert line.startswith("zoo: error: could not save checkpoint step ")
+  assert "Traceback" not in err and "File too large" in line
+  steps = manager.steps()
+  assert f"step_{steps[-1]:09d}) is intact" in line
+  for step in steps:
+    manager.verify(step)
+  assert not (tmp_path / "result.json").exists()
   out = _train(tmp_path)
   assert out.result["params_sha256"] == reference.result["params_sha256"]
+
+
+def test_os_errors_are_named_with_their_fix():
+  from zoo.train.workdir import describe_os_error
+  full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/x/ckpt")
+  assert describe_os_error(full) == (
+      "No space left on device (/x/ckpt); free some space")
+  ro = OSError(errno.EROFS, os.strerror(errno.EROFS))
+  assert "use a writable --workdir" in describe_os_error(ro)
 
 
 def test_read_only_workdir_is_one_line(tmp_path, capsys, monkeypatch):

@@ -161,10 +161,12 @@ def run_eval(args: argparse.Namespace) -> int:
     raise config_lib.ConfigError(f"--workdir {args.workdir}: no such "
                                  "directory; give the --workdir of a zoo "
                                  "train run.")
-  if args.weights and not Path(args.weights).is_file():
+  if args.weights and not (Path(args.weights).is_file() or
+                           Path(args.weights).is_dir()):
     raise config_lib.ConfigError(f"--weights {args.weights}: no such file; "
                                  "give a .npz weights file (zoo.train.weights"
-                                 ".save writes one).")
+                                 ".save writes one) or a checkpoint directory "
+                                 "(DIR/checkpoints/step_N).")
   entry = registry.get(args.name)
   def run_entry(cfg):
     if cfg.get("name") and cfg["name"] != entry.name:

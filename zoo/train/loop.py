@@ -69,7 +69,7 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
   with contextlib.ExitStack() as stack:
     run_dir = (stack.enter_context(Workdir(workdir, jax.process_index()))
                if workdir is not None else None)
-    ckpts = run_lib.RunCheckpoints(run_dir, run)
+    ckpts = stack.enter_context(run_lib.RunCheckpoints(run_dir, run))
     host_state, meta = ckpts.restore(resume)
     step = int(host_state.step)
     history = meta.get("history", [])

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
+import numpy as np
 
 from zoo import config as config_lib
 from zoo import data, registry
@@ -20,7 +21,7 @@ from zoo.train import strategies
 from zoo.train.fingerprint import params_sha256
 from zoo.train.optim import optimizer
 from zoo.train.state import TrainState, init_state
-from zoo.train.workdir import Workdir, fs_errors
+from zoo.train.workdir import Workdir, WorkdirError, fs_errors
 
 log = logging.getLogger("zoo.train")
 
@@ -138,8 +139,9 @@ def same_config_check(workdir: Path, cfg: dict) -> Callable[[dict], None]:
 
 
 class RunCheckpoints:
-  """The checkpoints of a run in `run_dir` (none without one). `last` is the
-  newest good checkpoint on disk, named in error messages."""
+  """The checkpoints of a run in `run_dir` (none without one); every
+  process takes part in saving and restoring, orbax deciding who writes.
+  `last` is the newest good checkpoint on disk, named in error messages."""
 
   def __init__(self, run_dir: Workdir | None, run: Run):
     self.run_dir, self.run = run_dir, run
@@ -150,6 +152,13 @@ class RunCheckpoints:
       self.manager = ckpt_lib.CheckpointManager(
           run_dir.path / "checkpoints", run.config["train"]["keep_checkpoints"])
 
+  def __enter__(self) -> "RunCheckpoints":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self.manager is not None:
+      self.manager.close()
+
   def restore(self, resume: bool) -> tuple[TrainState, dict[str, Any]]:
     """(state, checkpoint meta) to start from: the newest good checkpoint
     of the same config, or the initial state and {}. Then, the config being
@@ -159,6 +168,7 @@ class RunCheckpoints:
       return state, meta
     if not resume:
       self._remove_all()
+    agree_on_checkpoints(self.manager)
     restored = resume and self.manager.restore_latest(
         state, check_meta=same_config_check(self.run_dir.path,
                                             self.run.config))
@@ -183,8 +193,8 @@ class RunCheckpoints:
   def save(self, state: TrainState, history: list[dict[str, Any]],
            partial: dict[str, Any] | None) -> None:
     """Saves `state` (host copy) with the run's history and, mid-epoch, the
-    epoch's running sums; sets `last`."""
-    if self.manager is None or not self.is_main:
+    epoch's running sums; sets `last`. Called by every process."""
+    if self.manager is None:
       return
     step = int(state.step)
     spe = self.run.steps_per_epoch
@@ -198,6 +208,36 @@ class RunCheckpoints:
     after = (f"The last good checkpoint ({self.last}) is intact; fix that "
              "and re-run the same command to resume." if self.last
              else "No checkpoint was written yet.")
-    with fs_errors(f"save checkpoint step {step} in {self.manager.directory}",
-                   after):
-      self.last = str(self.manager.save(step, state, meta))
+    what = f"save checkpoint step {step} in {self.manager.directory}"
+    with fs_errors(what, after):
+      try:
+        self.last = str(self.manager.save(step, state, meta))
+      except (ZooError, OSError):
+        raise
+      except Exception as e:  # orbax/tensorstore wrap I/O faults (ValueError)
+        raise WorkdirError(f"could not {what}: "
+                           f"{ckpt_lib._first_line(e)}. {after}") from e
+
+
+def agree_on_checkpoints(manager: ckpt_lib.CheckpointManager) -> None:
+  """With several processes, all must see the same checkpoints before any
+  restores one: a workdir on storage that is not shared (each host its own
+  disk) would otherwise resume the hosts from different steps. Raises one
+  ZooError, on every process, naming what each one sees."""
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils
+  steps = manager.steps()
+  mine = np.array([len(steps), steps[-1] if steps else -1], np.int64)
+  seen = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, 2)
+  if len({tuple(row) for row in seen.tolist()}) == 1:
+    return
+  views = "; ".join(
+      f"process {i} sees " + (f"{n} up to step {last}" if n else "none")
+      for i, (n, last) in enumerate(seen.tolist()))
+  raise ZooError(
+      f"the processes disagree on the checkpoints in {manager.directory} "
+      f"({views}): the workdir must be one directory on storage every "
+      "process shares (NFS, GCS, ...), since only one process writes each "
+      "checkpoint. Point every process at the same shared --workdir and "
+      "re-run them all.")

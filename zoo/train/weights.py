@@ -6,7 +6,6 @@ whatever its name, is refused without being executed.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -77,9 +76,19 @@ def _params_and_state(entry, path: Path, where: str):
 
 
 def load(entry, path: str | os.PathLike):
-  """(params, model_state) for `entry` from a weights .npz (or a
-  checkpoint's arrays.npz), verified."""
+  """(params, model_state) for `entry` from a weights .npz, a checkpoint
+  directory (`DIR/checkpoints/step_N`) or an older zoo checkpoint's
+  arrays.npz, verified."""
   path = Path(path)
+  if path.is_dir() and not path.is_symlink() and path.name.startswith(
+      "step_") and path.name[5:].isdigit():
+    manager = ckpt_lib.CheckpointManager(path.parent)
+    try:
+      if int(path.name[5:]) in manager.steps():
+        return _load_step(manager, int(path.name[5:]),
+                          lambda config: entry)[1:]
+    finally:
+      manager.close()
   try:
     return _params_and_state(entry, path, str(path))
   except npz.WeightsNotFoundError:
@@ -89,8 +98,10 @@ def load(entry, path: str | os.PathLike):
         "with --workdir DIR.") from None
 
 
-def _newest_good(workdir: str | os.PathLike):
-  """(checkpoint path, its meta) of the newest checkpoint that verifies."""
+def _newest(workdir: str | os.PathLike, entry_for_config):
+  """(entry, params, model_state) from the newest checkpoint of a run that
+  loads and verifies (damaged ones are skipped with a warning), where
+  entry = entry_for_config(the run's resolved config)."""
   manager = ckpt_lib.CheckpointManager(Path(workdir) / "checkpoints")
   steps = manager.steps()
   if not steps:
@@ -98,33 +109,44 @@ def _newest_good(workdir: str | os.PathLike):
         f"no checkpoint in {workdir}/checkpoints: train first (zoo train "
         f"NAME --workdir {workdir}).")
   errors = []
-  for step in reversed(steps):
-    try:
-      manager.verify(step)
-      meta = json.loads((manager.path(step) / ckpt_lib.META).read_text())
-    except (ckpt_lib.CheckpointError, ValueError, OSError) as e:
-      log.warning("skipping checkpoint: %s", e)
-      errors.append(str(e))
-      continue
-    return manager.path(step), meta
+  try:
+    for step in reversed(steps):
+      try:
+        return _load_step(manager, step, entry_for_config)
+      except ckpt_lib.CheckpointError as e:
+        log.warning("skipping checkpoint: %s", e)
+        errors.append(str(e))
+  finally:
+    manager.close()
   raise ckpt_lib.CheckpointError(f"every checkpoint in {workdir} is damaged: "
                                  + "; ".join(errors))
+
+
+def _load_step(manager, step: int, entry_for_config):
+  """One checkpoint's entry and weights: orbax's, or an older zoo's
+  arrays.npz (still readable for evaluation)."""
+  path = manager.path(step)
+  if manager.is_legacy(step):
+    meta = ckpt_lib.verify_legacy(path)
+  else:
+    meta = manager.read_meta(step)
+  if not isinstance(meta.get("config"), dict):
+    raise ckpt_lib.CheckpointError(f"{path} holds no config.")
+  entry = entry_for_config(meta["config"])
+  if manager.is_legacy(step):
+    params, model_state = _params_and_state(
+        entry, path / ckpt_lib.LEGACY_ARRAYS, str(path))
+  else:
+    params, model_state = manager.restore_weights(step, *template(entry))
+  return entry, params, model_state
 
 
 def load_run(workdir: str | os.PathLike, entry_for_config):
   """Loads a run's newest good checkpoint once: returns (entry, params,
   model_state), where entry = entry_for_config(the run's resolved config)."""
-  path, meta = _newest_good(workdir)
-  if not isinstance(meta.get("config"), dict):
-    raise ckpt_lib.CheckpointError(f"the checkpoints in {workdir} hold no "
-                                   "config.")
-  entry = entry_for_config(meta["config"])
-  params, model_state = _params_and_state(entry, path / ckpt_lib.ARRAYS,
-                                          str(path))
-  return entry, params, model_state
+  return _newest(workdir, entry_for_config)
 
 
 def from_workdir(entry, workdir: str | os.PathLike):
   """(params, model_state) from the newest good checkpoint of a run."""
-  path, _ = _newest_good(workdir)
-  return _params_and_state(entry, path / ckpt_lib.ARRAYS, str(path))
+  return _newest(workdir, lambda config: entry)[1:]

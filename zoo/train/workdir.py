@@ -49,6 +49,8 @@ def describe_os_error(e: OSError) -> str:
           errno.EISDIR: "a directory stands where a file belongs: move it "
                         "away or use another --workdir",
           errno.EEXIST: "move the existing file away or use another --workdir",
+          errno.EFBIG: "raise the file size limit (ulimit -f) or use "
+                       "another --workdir",
           }.get(e.errno, "check the filesystem")
   where = f" ({e.filename})" if e.filename else ""
   return f"{e.strerror or e}{where}; {hint}"
