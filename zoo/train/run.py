@@ -168,6 +168,7 @@ class RunCheckpoints:
       return state, meta
     if not resume:
       self._remove_all()
+    check_shared_workdir(self.run_dir.path)
     agree_on_checkpoints(self.manager)
     restored = resume and self.manager.restore_latest(
         state, check_meta=same_config_check(self.run_dir.path,
@@ -176,9 +177,22 @@ class RunCheckpoints:
       state, meta = restored
       self.last = str(self.manager.path(int(meta["step"])))
       log.info("resumed from step %d", int(state.step))
+      if meta.get("layout", self.layout()) != self.layout():
+        log.warning(
+            "resuming on %s from a checkpoint written on %s: the state is "
+            "replicated, so this works, but the result then matches an "
+            "uninterrupted run only to float tolerance (reductions are "
+            "ordered differently), not bit for bit.",
+            _layout_text(self.layout()), _layout_text(meta["layout"]))
     if self.is_main:
       self.run_dir.write_json("config.json", self.run.config)
     return state, meta
+
+  def layout(self) -> dict[str, int]:
+    """Devices and processes the run trains on (bitwise resume needs the
+    same)."""
+    return {"devices": self.run.strat.num_devices,
+            "processes": jax.process_count()}
 
   def _remove_all(self) -> None:
     steps = self.manager.steps()
@@ -204,6 +218,7 @@ class RunCheckpoints:
             # reports the same epoch train loss/accuracy.
             "epoch_partial": partial if step % spe else None,
             "params_sha256": params_sha256(state.params),
+            "layout": self.layout(),
             "versions": versions()}
     after = (f"The last good checkpoint ({self.last}) is intact; fix that "
              "and re-run the same command to resume." if self.last
@@ -217,6 +232,43 @@ class RunCheckpoints:
       except Exception as e:  # orbax/tensorstore wrap I/O faults (ValueError)
         raise WorkdirError(f"could not {what}: "
                            f"{ckpt_lib._first_line(e)}. {after}") from e
+
+
+def _layout_text(layout: dict[str, int]) -> str:
+  return (f"{layout.get('devices')} device(s) in "
+          f"{layout.get('processes')} process(es)")
+
+
+def check_shared_workdir(directory: Path) -> None:
+  """With several processes, the workdir must be one directory on storage
+  they all share (orbax has each checkpoint written once, for all): process
+  0 writes a marker there, and every process must see it. Raises one
+  ZooError, on every process, naming those that cannot, before anything is
+  restored or saved."""
+  if jax.process_count() == 1:
+    return
+  import secrets
+  from jax.experimental import multihost_utils
+  token = multihost_utils.broadcast_one_to_all(
+      np.frombuffer(secrets.token_bytes(8), np.uint8))
+  marker = directory / f".zoo-shared-{bytes(np.asarray(token)).hex()}"
+  if jax.process_index() == 0:
+    with fs_errors(f"write to the workdir {directory}"):
+      marker.write_text("zoo: a check that every process sees this workdir")
+  multihost_utils.sync_global_devices("zoo: shared workdir marker written")
+  seen = np.asarray(multihost_utils.process_allgather(
+      np.array([marker.exists()]))).reshape(-1)
+  multihost_utils.sync_global_devices("zoo: shared workdir marker read")
+  if jax.process_index() == 0:
+    marker.unlink(missing_ok=True)
+  blind = [i for i, ok in enumerate(seen.tolist()) if not ok]
+  if blind:
+    raise ZooError(
+        f"the workdir is not shared: process(es) {', '.join(map(str, blind))} "
+        f"of {len(seen)} cannot see what process 0 writes in {directory}. "
+        "Every process must name the same directory on storage they all "
+        "share (NFS, a GCS bucket mounted with gcsfuse, ...), since orbax "
+        "writes each checkpoint once for all of them.")
 
 
 def agree_on_checkpoints(manager: ckpt_lib.CheckpointManager) -> None:

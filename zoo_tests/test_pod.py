@@ -1,0 +1,203 @@
+"""A pod's life with real processes: 2 processes x 2 CPU devices through
+jax.distributed (gloo) on 127.0.0.1, `zoo train` as a user runs it on each
+host. Preemption of every process, hosts without shared storage, and a
+resume on another layout. Every process is bounded in time and killed in a
+`finally`, so nothing hangs when a peer dies."""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from zoo.train import checkpoint as ckpt_lib
+
+REPO = Path(__file__).resolve().parents[1]
+# 4096 / 64 = 64 steps per epoch, 256 steps, a checkpoint every 16 steps.
+ARGS = ["mlp_fashion_mnist", "--epochs", "4", "--batch-size", "64",
+        "--checkpoint-every", "16", "--no-progress",
+        "--set", "data.train_split='train[:4096]'",
+        "--set", "data.test_split='test[:500]'"]
+TOTAL = 256
+# One worker runs the whole file, so that its module fixtures run once.
+pytestmark = pytest.mark.xdist_group("pod")
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _env(devices: int = 2) -> dict:
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+  return env
+
+
+def _start(workdirs, processes=2, devices=2):
+  """One `zoo train` per process, process i on workdirs[i]."""
+  port = _free_port()
+  procs = []
+  for i in range(processes):
+    multihost = (["--coordinator-address", f"127.0.0.1:{port}",
+                  "--num-processes", str(processes), "--process-id", str(i)]
+                 if processes > 1 else [])
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "zoo.cli", "train", *ARGS, "--workdir",
+         str(workdirs[i]), *multihost], cwd=REPO, env=_env(devices),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  return procs
+
+
+def _finish(procs, timeout=240):
+  """[(returncode, stdout, stderr)] of every process; kills them all if
+  any outlives `timeout`."""
+  try:
+    outs = [p.communicate(timeout=timeout) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.communicate()
+  return [(p.returncode, *o) for p, o in zip(procs, outs)]
+
+
+def _run(workdirs, **kw):
+  return _finish(_start(workdirs, **kw))
+
+
+def _result(workdir: Path) -> dict:
+  return json.loads((workdir / "result.json").read_text())
+
+
+def _wait_for_step(workdir: Path, procs, min_step: int, timeout=180):
+  manager = ckpt_lib.CheckpointManager(workdir / "checkpoints")
+  deadline = time.monotonic() + timeout
+  while not any(s >= min_step for s in manager.steps()):
+    if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
+      outs = _finish(procs, timeout=5)
+      pytest.fail(f"no checkpoint at step >= {min_step}: {outs}")
+    time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  """The 2 x 2 run, uninterrupted, on a shared workdir."""
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  outs = _run([workdir, workdir])
+  for code, _, err in outs:
+    assert code == 0, err[-3000:]
+  return _result(workdir)
+
+
+@pytest.fixture(scope="module")
+def preempted(tmp_path_factory):
+  """The same run, SIGTERMed on every process after its checkpoint at step
+  48: (workdir, outputs)."""
+  workdir = tmp_path_factory.mktemp("preempted")
+  procs = _start([workdir, workdir])
+  _wait_for_step(workdir, procs, 48)
+  for p in procs:
+    p.send_signal(signal.SIGTERM)
+  return workdir, _finish(procs)
+
+
+def test_sigterm_to_every_process_then_resume_is_bit_identical(
+    preempted, uninterrupted, tmp_path):
+  workdir, outs = preempted
+  saved = []
+  for code, _, err in outs:
+    assert code == 143, err[-3000:]
+    assert "Traceback" not in err
+    saved.append(int(re.search(r"saved step (\d+) ", err).group(1)))
+  assert saved[0] == saved[1] < TOTAL  # the same step on every process
+  manager = ckpt_lib.CheckpointManager(workdir / "checkpoints")
+  assert max(manager.steps()) == saved[0]
+  assert not (workdir / "result.json").exists()
+  resumed = tmp_path / "resumed"
+  shutil.copytree(workdir, resumed)  # the layout test below uses the original
+  outs = _run([resumed, resumed])
+  for code, out, err in outs:
+    assert code == 0, err[-3000:]
+  assert f"resumed from step {saved[0]}" in outs[0][1]
+  result = _result(resumed)
+  assert result["processes"] == 2 and result["devices"] == 4
+  assert result["params_sha256"] == uninterrupted["params_sha256"]
+  assert result["test_accuracy"] == uninterrupted["test_accuracy"]
+
+
+def test_resume_on_another_layout_matches_to_tolerance(preempted,
+                                                       uninterrupted):
+  """The preempted 2 x 2 run resumed by one process with 2 devices: it
+  says the result matches only to tolerance, and it does."""
+  workdir, _ = preempted
+  outs = _run([workdir], processes=1, devices=2)
+  code, out, err = outs[0]
+  assert code == 0, err[-3000:]
+  assert "written on 4 device(s) in 2 process(es)" in err
+  assert "only to float tolerance" in err
+  result = _result(workdir)
+  assert result["processes"] == 1 and result["devices"] == 2
+  assert result["steps"] == TOTAL
+  assert abs(result["test_accuracy"] - uninterrupted["test_accuracy"]) <= 0.01
+  manager = ckpt_lib.CheckpointManager(workdir / "checkpoints")
+  final = ocp.StandardCheckpointer().restore(
+      manager.path(TOTAL) / "state")["params"]
+  assert final  # restores with orbax alone
+
+
+def test_workdirs_that_are_not_shared_stop_with_one_clear_line(tmp_path):
+  """Each host its own local workdir: both processes refuse at start, with
+  the same one-line reason naming the process that cannot see process 0's
+  writes, and nothing is trained or half-saved; never a hang."""
+  local = [tmp_path / "host0", tmp_path / "host1"]
+  t0 = time.monotonic()
+  outs = _run(local)
+  assert time.monotonic() - t0 < 120
+  lines = []
+  for code, out, err in outs:
+    assert code == 2, err[-3000:]
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("zoo: error: the workdir is not shared: "
+                           "process(es) 1 of 2")
+    lines.append(last.split(" in ")[0])
+  assert lines[0] == lines[1]
+  for d in local:
+    assert not (d / "checkpoints").exists() or not list(
+        (d / "checkpoints").iterdir())
+    assert not (d / "result.json").exists()
+
+
+def test_processes_that_see_different_checkpoints_do_not_resume(
+    tmp_path, monkeypatch):
+  """The second line of defence, behind the shared-storage check: if the
+  processes' views of the checkpoints differ (storage that is shared but
+  not consistent), every process refuses to restore, naming each view."""
+  import jax
+  from jax.experimental import multihost_utils
+  from zoo.errors import ZooError
+  from zoo.train import run as run_lib
+  manager = ckpt_lib.CheckpointManager(tmp_path, keep=5)
+  tree = {"w": np.ones(3, np.float32)}
+  for step in (16, 32):
+    manager.save(step, tree, {})
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  other = np.array([1, 16], np.int64)  # process 1 sees only step 16
+  monkeypatch.setattr(multihost_utils, "process_allgather",
+                      lambda mine: np.stack([mine, other]))
+  with pytest.raises(ZooError, match=r"disagree .*process 0 sees 2 up to "
+                     r"step 32; process 1 sees 1 up to step 16.*shares"):
+    run_lib.agree_on_checkpoints(manager)
+  other[:] = [2, 32]  # the same view: nothing to say
+  run_lib.agree_on_checkpoints(manager)
