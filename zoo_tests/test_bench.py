@@ -118,3 +118,17 @@ def test_matmul_bound_counts_the_steps_flops_and_reports(tmp_path,
     assert row[key] > 0, key
   assert row["zoo_over_matmuls_only"] == pytest.approx(
       row["zoo_images_per_second"] / row["matmuls_only_images_per_second"])
+
+
+def test_checkpoint_io_compares_both_formats_on_the_same_state(capsys):
+  bench = _load("checkpoint_io")
+  bench.main(["--models", "logreg_fashion_mnist", "--repeats", "1"])
+  rows = [l for l in capsys.readouterr().out.splitlines()
+          if l.startswith("| `logreg")]
+  assert len(rows) == 1 and len(rows[0].split("|")) == 10
+  # The previous format's restore gives back the same state.
+  state = bench.state_of("logreg_fashion_mnist")
+  import tempfile
+  with tempfile.TemporaryDirectory() as d:
+    back = bench.npz_restore(bench.npz_save(Path(d), 1, state), state)
+  jax.tree.map(np.testing.assert_array_equal, back, state)
