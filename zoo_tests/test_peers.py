@@ -173,7 +173,7 @@ def test_a_failing_process_stops_the_others_at_once(tmp_path):
   assert elapsed < 30, elapsed  # start-up included; JAX alone takes 32 s+
 
 
-# -- the watchdog alone, with a store in memory ---------------------------------
+# -- the watchdog alone, with a store in memory ------------------------------
 
 class _Store:
   """JAX's key-value store client, in memory; `down` makes it unreachable."""

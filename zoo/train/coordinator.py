@@ -38,7 +38,7 @@ def main(argv) -> int:
     word, _, value = line.partition(" ")
     if word == "linger":
       linger = float(value)
-  time.sleep(linger)
+  time.sleep(min(linger, 1e6))
   service.shutdown()
   return 0
 

@@ -188,7 +188,10 @@ def _port_in_use(bind_address: str) -> bool:
   """Whether something listens on the port JAX's service binds. gRPC shares
   ports (SO_REUSEPORT): a second service on the port of one still running
   would start silently and split the processes between the two."""
-  host, port = parse_address(bind_address)
+  try:
+    host, port = parse_address(bind_address)
+  except DistributedError:
+    return False  # gRPC will say what is wrong with it
   host = host.strip("[]")
   family = socket.AF_INET6 if ":" in host else socket.AF_INET
   dual = host == "::" and socket.has_dualstack_ipv6()
@@ -200,20 +203,22 @@ def _port_in_use(bind_address: str) -> bool:
     return e.errno == errno.EADDRINUSE
 
 
-def _service_factory(linger: float):
+def _service_factory(original, linger: float):
   """A stand-in for jaxlib's `get_distributed_runtime_service` that runs the
   service in a companion process; after JAX has started (`up`), a process 0
   that vanishes leaves it serving `linger` seconds more."""
   def start(address, num_processes, **kwargs):
     global _companion
+    if num_processes == 1:  # nobody else to report its loss
+      return original(address, num_processes, **kwargs)
     _, port = parse_address(address)
     if _port_in_use(address):
       raise DistributedError(
           f"process 0 cannot serve the job on port {port}: it is in use on "
           "this host, by another program or by the coordinator of a run "
-          f"whose process 0 was lost (it goes on for up to {linger:.0f} s, "
-          "so that the other processes can report the loss): wait and run "
-          "again, or give another port in --coordinator-address.")
+          "whose process 0 was lost (it serves on for 1.5 x --peer-timeout "
+          "+ 5 s, so that the other processes can report the loss): wait "
+          "and run again, or give another port in --coordinator-address.")
     script = Path(__file__).with_name("coordinator.py")
     proc = subprocess.Popen(
         [sys.executable, "-c", "import runpy, sys; sys.argv = sys.argv[1:]; "
@@ -243,7 +248,7 @@ def _service_apart(linger: float):
   if original is None:
     yield
     return
-  _jax.get_distributed_runtime_service = _service_factory(linger)
+  _jax.get_distributed_runtime_service = _service_factory(original, linger)
   try:
     yield
   finally:

@@ -46,13 +46,12 @@ class Watchdog:
   """Heartbeats of this process, and the verdict on everyone else's."""
 
   def __init__(self, client, process_id: int, num_processes: int,
-               timeout: float, clock=time.monotonic):
+               timeout: float):
     self.client = client
     self.process_id = process_id
     self.num_processes = num_processes
     self.timeout = timeout
     self.interval = heartbeat_interval(timeout)
-    self.clock = clock
     self.finished = False  # this process wrote "done" or "failed"
     self._beats = 0
     self._lock = threading.Lock()  # one writer of this process's key
@@ -114,7 +113,7 @@ class Watchdog:
 
   def _run(self) -> None:
     peers = [p for p in range(self.num_processes) if p != self.process_id]
-    start = self.clock()
+    start = time.monotonic()
     seen = {p: (None, start) for p in peers}  # last value, when it changed
     done: set[int] = set()
     last_answer = start
@@ -132,19 +131,22 @@ class Watchdog:
               self._beats += 1
               self._write(str(self._beats))
           values = dict(self.client.key_value_dir_get(PREFIX))
-        except Exception as e:  # pylint: disable=broad-except
-          values = None
-          error = e
-      now = self.clock()
+        except Exception:  # pylint: disable=broad-except
+          values = None  # the store did not answer
+      now = time.monotonic()
       if values is None:
         if self.finished:
           return  # the service stops after everyone finished: the normal end
         if now - last_answer > self.timeout:
-          self._lose(str(unreachable) + f" ({str(error).splitlines()[0]})")
+          self._lose(str(unreachable))
       else:
         last_answer = now
         failed = [p for p in peers if values.get(f"{PREFIX}{p}") == FAILED]
         if failed:
+          # The same error may be reaching this process too (a missing
+          # dataset): then its own message is the one to show.
+          if self._stop.wait(min(self.interval, 2.0)):
+            return
           self._lose(
               f"process {failed[0]} of {self.num_processes} stopped with an "
               "error (see its log) and the others cannot go on without it. "
@@ -166,6 +168,16 @@ class Watchdog:
       self._stop.wait(self.interval)
 
 
+def _runtime_error(e: BaseException) -> bool:
+  """Whether `e` comes from JAX's runtime (a failed collective, say), which
+  a lost peer can cause; a Python error in zoo cannot."""
+  import jax
+  kinds = tuple(k for k in (getattr(jax.errors, "JaxRuntimeError", None),)
+                if isinstance(k, type))
+  return isinstance(e, kinds) or type(e).__name__ in ("JaxRuntimeError",
+                                                      "XlaRuntimeError")
+
+
 def _is_int(v) -> bool:
   return isinstance(v, int) and not isinstance(v, bool)
 
@@ -181,7 +193,8 @@ def _exit_quietly(status: int, linger: float) -> None:
   os._exit(status)
 
 
-def start(timeout: float = distributed.DEFAULT_PEER_TIMEOUT_S) -> Watchdog | None:
+def start(timeout: float = distributed.DEFAULT_PEER_TIMEOUT_S
+          ) -> Watchdog | None:
   """Starts the watchdog if this is one process of several (after
   distributed.initialize); None otherwise, or where this jax's distributed
   client has no key-value store (then it logs so). Touches no device."""
@@ -207,7 +220,8 @@ def watching(timeout: float = distributed.DEFAULT_PEER_TIMEOUT_S):
   """Watches the peers while the body runs (a no-op in one process). A body
   that returns, or is preempted (every process stops at the same step),
   marks this process done; one that raises marks it failed, after giving
-  the watchdog the chance to blame a lost peer for the error."""
+  the watchdog the chance to blame a lost peer for an error from JAX's
+  runtime (a collective with a dead peer fails before the peer is found)."""
   from zoo.train.preemption import Preempted
   watchdog = start(timeout)
   if watchdog is None:
@@ -219,8 +233,8 @@ def watching(timeout: float = distributed.DEFAULT_PEER_TIMEOUT_S):
     watchdog.done()
     raise
   except BaseException as e:
-    if isinstance(e, Exception) and not isinstance(e, ZooError):
-      watchdog.wait_for_verdict()  # e.g. gloo: "Connection reset by peer"
+    if _runtime_error(e):  # e.g. gloo: "Connection reset by peer"
+      watchdog.wait_for_verdict()
     status = (2 if isinstance(e, ZooError) else
               130 if isinstance(e, KeyboardInterrupt) else
               e.code if isinstance(e, SystemExit) and _is_int(e.code) else 1)
