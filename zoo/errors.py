@@ -85,3 +85,7 @@ class DistributedError(ZooError, ValueError):
 
 class PeerTimeoutError(DistributedError):
   """Not every process of a multi-host job joined within the timeout."""
+
+
+class PeerLostError(DistributedError):
+  """A process of a running multi-host job stopped answering, or failed."""

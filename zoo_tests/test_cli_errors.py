@@ -95,6 +95,9 @@ def _one_line_error(capsys, *argv) -> str:
       "host:port"], ["--coordinator-address", "'host:port'"]),
     (["--init-timeout", "0"], ["--init-timeout", "> 0"]),
     (["--init-timeout", "nan"], ["--init-timeout", "nan"]),
+    (["--peer-timeout", "0"], ["--peer-timeout", "> 0", "e.g. 60"]),
+    (["--peer-timeout", "-5"], ["--peer-timeout", "-5.0"]),
+    (["--peer-timeout", "inf"], ["--peer-timeout", "inf"]),
 ])
 def test_train_refuses_bad_values_in_one_line(capsys, no_work, args, words):
   err = _one_line_error(capsys, "train", MODEL, *args)
@@ -158,6 +161,7 @@ def test_interrupt_is_130(capsys, monkeypatch):
     (["eval", MODEL, "--split"], ["--split", "expected one argument"]),
     (["train", MODEL, "--epochs", "x"], ["--epochs", "'x'", "zoo train"]),
     (["train", MODEL, "--init-timeout", "soon"], ["--init-timeout"]),
+    (["train", MODEL, "--peer-timeout", "soon"], ["--peer-timeout"]),
     (["train", MODEL, "--strategy", "fast"], ["--strategy", "'fast'"]),
 ])
 def test_usage_errors_are_one_line(capsys, argv, words):
@@ -206,7 +210,9 @@ def test_initialize_refuses_bad_flags_before_jax(monkeypatch):
            dict(coordinator_address="127.0.0.1:1", num_processes=0,
                 process_id=0),
            dict(coordinator_address="127.0.0.1:1", num_processes=2,
-                process_id=0, timeout=-1)]
+                process_id=0, timeout=-1),
+           dict(coordinator_address="127.0.0.1:1", num_processes=2,
+                process_id=0, peer_timeout=0)]
   for kwargs in cases:
     with pytest.raises(DistributedError):
       distributed.initialize(**kwargs)

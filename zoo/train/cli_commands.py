@@ -8,7 +8,7 @@ from pathlib import Path
 
 from zoo import config as config_lib
 from zoo.errors import ConfigValueError
-from zoo.train import distributed
+from zoo.train import distributed, peers
 
 
 def _parse_sets(items) -> dict:
@@ -52,6 +52,10 @@ def _add_train(sub) -> None:
                  default=distributed.DEFAULT_INIT_TIMEOUT_S,
                  help="multi-host: how long to wait for every process to "
                       "join (default %(default)g)")
+  p.add_argument("--peer-timeout", type=float, metavar="SECONDS",
+                 default=distributed.DEFAULT_PEER_TIMEOUT_S,
+                 help="multi-host: a process silent this long is lost; the "
+                      "others exit with status 75 (default %(default)g)")
   p.add_argument("--no-progress", action="store_true",
                  help="a line per epoch instead of a progress bar (the "
                       "default when not a terminal)")
@@ -72,7 +76,8 @@ def _check_train_args(args: argparse.Namespace) -> dict:
                            "the number of local devices to use; leave it out "
                            "to use them all")
   distributed.check_flags(args.coordinator_address, args.num_processes,
-                          args.process_id, args.init_timeout)
+                          args.process_id, args.init_timeout,
+                          args.peer_timeout)
   overrides = _parse_sets(args.set)
   for attr, key in _FLAG_KEYS.items():
     if getattr(args, attr) is not None:
@@ -100,18 +105,22 @@ def run_train(args: argparse.Namespace) -> int:
   overrides = _check_train_args(args)
   entry = _with_flags(registry.get(args.name), overrides, args)
   distributed.initialize(args.coordinator_address, args.num_processes,
-                         args.process_id, timeout=args.init_timeout)
-  from zoo.train.loop import PREEMPTED_EXIT_CODE, Preempted, train
-  # A bar on a terminal; otherwise (batch jobs, pipes) a line per epoch as
-  # it ends.
-  progress = "bar" if sys.stderr.isatty() and not args.no_progress else "lines"
-  try:
-    out = train(entry, workdir=args.workdir, data_dir=args.data_dir,
-                strategy=args.strategy, devices=args.devices,
-                progress=progress)
-  except Preempted as e:
-    print(f"zoo: preempted: {e}", file=sys.stderr)
-    return PREEMPTED_EXIT_CODE
+                         args.process_id, timeout=args.init_timeout,
+                         peer_timeout=args.peer_timeout)
+  # With several processes, a lost one ends this one (peers.LOST_EXIT_CODE).
+  with peers.watching(args.peer_timeout):
+    from zoo.train.loop import PREEMPTED_EXIT_CODE, Preempted, train
+    # A bar on a terminal; otherwise (batch jobs, pipes) a line per epoch as
+    # it ends.
+    progress = ("bar" if sys.stderr.isatty() and not args.no_progress else
+                "lines")
+    try:
+      out = train(entry, workdir=args.workdir, data_dir=args.data_dir,
+                  strategy=args.strategy, devices=args.devices,
+                  progress=progress)
+    except Preempted as e:
+      print(f"zoo: preempted: {e}", file=sys.stderr)
+      return PREEMPTED_EXIT_CODE
   r = out.result
   ips = r["train_images_per_second"]
   print(f"{r['model']}: test accuracy {100 * r['test_accuracy']:.2f}% "
