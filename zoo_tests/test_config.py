@@ -280,6 +280,50 @@ def test_every_config_file_validates(path):
   assert zoo.get(path.stem).config == cfg
 
 
+def _leaves(tree, prefix=()):
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _leaves(value, (*prefix, key))
+    else:
+      yield (*prefix, key), value
+
+
+def _restated_defaults(raw):
+  """The dotted keys of `raw` (a config file's content) set to their default:
+  DEFAULTS, the architecture constructor's, the optax optimizer's."""
+  build = arch_table.get(raw["model"]["arch"]).build
+  optimizer = raw.get("optimizer", {}).get(
+      "name", config_lib.DEFAULTS["optimizer"]["name"])
+  defaults = config_lib.validate({"model": {"arch": raw["model"]["arch"]},
+                                  "optimizer": {"name": optimizer}}, build)
+  defaults["model"]["arch"] = ""  # no default: every config names one
+  defaults["optimizer"] = {
+      **config_lib._signature_defaults(config_lib.optimizer_factory(optimizer),
+                                       0),
+      **config_lib.DEFAULTS["optimizer"]}
+  restated = []
+  for key, value in _leaves(raw):
+    node = defaults
+    for part in key:
+      node = node.get(part) if isinstance(node, dict) else None
+    if value == node:
+      restated.append(".".join(key))
+  return restated
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
+def test_config_files_state_only_what_differs(path):
+  """A config file restates no default: every model default lives in one
+  place, its module's constructor."""
+  assert _restated_defaults(config_lib.load_file(path)) == []
+  old_style = {"model": {"arch": "cnn", "hidden_size": 128, "dropout": 0.5},
+               "optimizer": {"name": "adam", "learning_rate": 1e-3},
+               "train": {"batch_size": 128}}
+  assert _restated_defaults(old_style) == [
+      "model.hidden_size", "optimizer.name", "optimizer.learning_rate",
+      "train.batch_size"]
+
+
 def test_model_schema_maps_functions_to_names():
   """Constructor arguments that take functions are names in the config:
   `w_init` is `initializer`, and `model_kwargs` resolves the names."""
