@@ -1,4 +1,10 @@
-"""Activation functions by name (jax.nn underneath)."""
+"""Activation functions by name (jax.nn underneath).
+
+Modules take the functions themselves (`activation=jax.nn.gelu`); a config
+names them (`activation = "gelu"`), and `get` resolves the name once, when a
+registered model builds its module. `name_of` is the way back, used to state a
+constructor's default function as a name in the config schema.
+"""
 from __future__ import annotations
 
 from typing import Callable
@@ -30,6 +36,12 @@ _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 def names() -> list[str]:
   """Every accepted activation name."""
   return sorted(_ACTIVATIONS)
+
+
+def name_of(fn: Callable[..., object]) -> str | None:
+  """The name `get` resolves to `fn` (the first listed, e.g. "silu" rather
+  than its alias "swish"), or None if `fn` has no name here."""
+  return next((n for n, f in _ACTIVATIONS.items() if f is fn), None)
 
 
 def get(name: str) -> Callable[[jax.Array], jax.Array]:

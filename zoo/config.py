@@ -3,8 +3,9 @@
 A config is a nested dict with the sections below. Defaults live here; each
 config file states what differs for its model; overrides (`--set a.b=v`,
 `zoo.get(name, **model_kw)`) come last. Every key is checked: the `model`
-section against the architecture's constructor signature, `optimizer` against
-the optax function it names, the rest against DEFAULTS. Every value is then
+section against the architecture's constructor signature (model_schema: a
+model's defaults are its constructor's), `optimizer` against the optax
+function it names, the rest against DEFAULTS. Every value is then
 checked against its range (VALUE_RANGES; model arguments by kind,
 MODEL_ARG_KINDS), so a bad one is refused before any device work.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import inspect
 import math
 import sys
@@ -116,15 +118,97 @@ def _signature_defaults(fn: Callable[..., Any], skip: int) -> dict[str, Any]:
           if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
-def model_defaults(arch_fn: Callable[..., Any]) -> dict[str, Any]:
-  """An architecture's keyword defaults (its first argument, the number of
-  outputs, comes from the dataset)."""
-  return {k: (list(v) if isinstance(v, tuple) else v)
-          for k, v in _signature_defaults(arch_fn, skip=1).items()}
+# Constructor arguments that take a function, and the config key that names
+# it: argument -> (config key, module with names(), get(name), name_of(fn)).
+# TOML cannot hold functions, so when a constructor's default is a function
+# that module names (jax.nn.relu -> "relu"), the config holds the name and the
+# registry resolves it with get() when it builds the module.
+NAMED_FUNCTION_ARGS: dict[str, tuple[str, str]] = {
+    "activation": ("activation", "zoo.activations"),
+    "w_init": ("initializer", "zoo.initializers"),
+    "pool": ("pool", "zoo.models.pooling"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelArg:
+  """One `[model]` key of an architecture: the constructor argument it feeds,
+  its default as a config value, and, for a function named in the config, how
+  a name becomes the argument (`resolve`, e.g. zoo.activations.get)."""
+  arg: str
+  default: Any
+  resolve: Callable[[Any], Any] | None = None
+
+
+def _constructor_parameters(
+    build: Callable[..., Any]) -> list[inspect.Parameter]:
+  """The keyword arguments of `build(num_outputs, ...)`: all but the first,
+  *args/**kwargs, and an hk.Module's `name` (Haiku's, not a setting)."""
+  params = list(inspect.signature(build).parameters.values())[1:]
+  is_module = False
+  if isinstance(build, type):
+    import haiku as hk  # only now: this module imports no Haiku or JAX
+    is_module = issubclass(build, hk.Module)
+  return [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+          and not (is_module and p.name == "name")]
+
+
+def _model_arg(p: inspect.Parameter) -> tuple[str, ModelArg]:
+  default = None if p.default is inspect.Parameter.empty else p.default
+  if p.name in NAMED_FUNCTION_ARGS and callable(default):
+    key, module_name = NAMED_FUNCTION_ARGS[p.name]
+    names = importlib.import_module(module_name)
+    name = names.name_of(default)
+    if name is not None:
+      return key, ModelArg(p.name, name, names.get)
+  if isinstance(default, tuple):
+    default = list(default)
+  return p.name, ModelArg(p.name, default)
+
+
+def model_schema(build: Callable[..., Any]) -> dict[str, ModelArg]:
+  """The `[model]` keys of an architecture (without `arch`), derived from the
+  signature of its constructor `build(num_outputs, **kwargs)` (an hk.Module
+  class or a function): one key per keyword argument, in order, its default
+  the argument's (tuples as lists); a function default that zoo names
+  (NAMED_FUNCTION_ARGS) becomes that name, under its config key (`w_init`
+  -> `initializer`)."""
+  params = _constructor_parameters(build)
+  schema = dict(_model_arg(p) for p in params)
+  if len(schema) != len(params):
+    raise ConfigError(f"{build!r}: two constructor arguments map to the same "
+                      "config key.")
+  return schema
+
+
+def model_defaults(build: Callable[..., Any]) -> dict[str, Any]:
+  """An architecture's `[model]` defaults, by config key (see model_schema;
+  its first argument, the number of outputs, comes from the dataset)."""
+  return {k: a.default for k, a in model_schema(build).items()}
+
+
+def model_kwargs(build: Callable[..., Any],
+                 model: Mapping[str, Any]) -> dict[str, Any]:
+  """The constructor's keyword arguments for a validated `[model]` section:
+  names resolved to functions, lists as tuples."""
+  schema = model_schema(build)
+  kwargs = {}
+  for key, value in model.items():
+    if key == "arch":
+      continue
+    arg = schema[key]
+    if arg.resolve is not None:
+      value = arg.resolve(value)
+    elif isinstance(value, list):
+      value = tuple(value)
+    kwargs[arg.arg] = value
+  return kwargs
 
 
 def validate(config: Config, arch_fn: Callable[..., Any] | None = None) -> Config:
-  """Returns a checked copy of `config` with every default filled in."""
+  """Returns a checked copy of `config` with every default filled in;
+  `arch_fn` is the architecture's constructor (its `[model]` schema, see
+  model_schema; None: only `model.arch` is known)."""
   out = copy.deepcopy(DEFAULTS)
   for key, value in config.items():
     if key not in DEFAULTS:
@@ -231,8 +315,8 @@ def _initializer_names() -> list[str]:
 
 
 def _pool_names() -> list[str]:
-  from zoo.models.cnn_bn import POOLS
-  return list(POOLS)
+  from zoo.models import pooling
+  return pooling.names()
 
 
 UINT32_MAX = 2**32 - 1

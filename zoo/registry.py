@@ -1,9 +1,14 @@
-"""The model registry: architectures, registered models, get/list/register.
+"""The model registry: registered models, get/list/register.
 
-An *architecture* is a constructor `fn(num_outputs, **kwargs) -> hk.Module`
-(models/*.py register theirs with `@architecture`). A *registered model* is an
+An *architecture* is a module constructor `build(num_outputs, **kwargs) ->
+hk.Module`, usually the hk.Module class itself; zoo/models/*.py register
+theirs in the architecture table, zoo.models.base. A *registered model* is an
 architecture plus a config (configs/<name>.toml or `zoo.register`): dataset,
 hyper-parameters, optimizer, training schedule, and its measured baseline.
+The config's `[model]` section follows the constructor's signature
+(zoo.config.model_schema): its defaults are the constructor's, and a config
+names the functions (activation, initializer, pooling) that the constructor
+takes as callables; `ModelEntry.module()` resolves them.
 """
 from __future__ import annotations
 
@@ -21,12 +26,17 @@ import jax
 import jax.numpy as jnp
 
 from zoo import config as config_lib
-from zoo import datasets, losses
-from zoo.errors import ConfigError, InputError, UnknownModelError, ZooError
+from zoo import losses
+from zoo import models  # noqa: F401  (registers the built-in architectures)
+from zoo.data import catalog
+from zoo.data.errors import UnknownDatasetError
+from zoo.errors import (ConfigError, InputError, UnknownModelError, ZooError,
+                        close_matches)
+from zoo.models import base
+from zoo.models.base import Architecture
 
 ArchFn = Callable[..., hk.Module]
 
-_ARCHITECTURES: dict[str, tuple[ArchFn, bool]] = {}
 _MODELS: dict[str, "ModelEntry"] = {}
 _LOCK = threading.Lock()
 _LOADED = False
@@ -45,34 +55,26 @@ def configs_dir() -> Path:
                  "(pip install -e .).")
 
 
-def architecture(name: str, *, stateful: bool = False):
-  """Registers an architecture constructor under `name`.
-
-  `stateful=True` marks modules with state (e.g. BatchNorm statistics): they
-  are transformed with `hk.transform_with_state`.
-  """
-  def decorator(fn: ArchFn) -> ArchFn:
-    _ARCHITECTURES[name] = (fn, stateful)
-    return fn
-  return decorator
-
-
 def architectures() -> list[str]:
+  """Sorted names of every architecture (built in or added by `register`)."""
   _ensure_loaded()
-  return sorted(_ARCHITECTURES)
-
-
-def _arch(name: str) -> tuple[ArchFn, bool]:
-  try:
-    return _ARCHITECTURES[name]
-  except KeyError:
-    raise ConfigError(f"unknown architecture {name!r}; known: "
-                      f"{', '.join(sorted(_ARCHITECTURES))}.") from None
+  return base.names()
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
-  """A registered model: everything needed to build, train and judge it."""
+  """A registered model: everything needed to build, train and judge it.
+
+  `init_with_state` / `apply_with_state` are the one interface for every
+  model, stateful or not:
+
+      params, model_state = entry.init_with_state(rng, images, is_training)
+      logits, model_state = entry.apply_with_state(params, model_state, rng,
+                                                   images, is_training)
+
+  (a stateless model's state is {}). `init` / `apply` / `transformed` keep
+  Haiku's own signatures, which differ with `stateful`.
+  """
   name: str
   config: dict[str, Any]
   baseline: dict[str, Any] | None = None
@@ -85,6 +87,11 @@ class ModelEntry:
     return self.config["model"]["arch"]
 
   @property
+  def architecture(self) -> Architecture:
+    """The registered constructor (and whether its module keeps state)."""
+    return base.get(self.arch)
+
+  @property
   def dataset(self) -> str:
     """The TFDS name of the dataset it is trained on."""
     return self.config["data"]["dataset"]
@@ -92,11 +99,11 @@ class ModelEntry:
   @property
   def input_shape(self) -> tuple[int, int, int]:
     """(H, W, C) of one float32 image in [0, 1]."""
-    return datasets.info(self.dataset).image_shape
+    return catalog.get(self.dataset).image_shape
 
   @property
   def class_names(self) -> tuple[str, ...]:
-    names = datasets.info(self.dataset).class_names
+    names = catalog.get(self.dataset).class_names
     classes = self.config["data"]["classes"]
     return tuple(names[c] for c in classes) if classes else names
 
@@ -115,29 +122,53 @@ class ModelEntry:
 
   @property
   def stateful(self) -> bool:
-    return _arch(self.arch)[1]
+    """Whether the module keeps Haiku state (BatchNorm statistics). Only
+    `transformed` depends on it; prefer the `*_with_state` pair."""
+    return self.architecture.stateful
 
   def module(self) -> hk.Module:
-    """Builds the hk.Module (call only inside a Haiku transform)."""
-    fn, _ = _arch(self.arch)
-    kwargs = {k: v for k, v in self.config["model"].items() if k != "arch"}
-    kwargs = {k: tuple(v) if isinstance(v, list) else v
-              for k, v in kwargs.items()}
-    return fn(self.num_outputs, **kwargs)
+    """Builds the hk.Module (call only inside a Haiku transform): the
+    constructor called with the `[model]` config, names (activation,
+    initializer, pooling) resolved to the functions it takes."""
+    build = self.architecture.build
+    return build(self.num_outputs,
+                 **config_lib.model_kwargs(build, self.config["model"]))
 
-  @functools.cached_property
-  def transformed(self) -> hk.Transformed | hk.TransformedWithState:
-    """`hk.transform`(`_with_state`) of `forward(images, is_training=False)`;
-    `.init`/`.apply` have Haiku's own signatures."""
+  def _forward(self) -> Callable[..., jax.Array]:
+    """`forward(images, is_training=False) -> logits`, to be transformed."""
     input_shape = self.input_shape
 
     def forward(images: jax.Array, is_training: bool = False) -> jax.Array:
       check_images(images, input_shape)
       return self.module()(images, is_training=is_training)
+    return forward
 
+  @functools.cached_property
+  def transformed_with_state(self) -> hk.TransformedWithState:
+    """`hk.transform_with_state` of `forward(images, is_training=False)`, for
+    every model: `.init(rng, images, is_training) -> (params, model_state)`,
+    `.apply(params, model_state, rng, images, is_training) -> (logits,
+    model_state)`; a stateless model's state is {}."""
+    return hk.transform_with_state(self._forward())
+
+  @property
+  def init_with_state(self):
+    """`(rng, images, is_training=False) -> (params, model_state)`."""
+    return self.transformed_with_state.init
+
+  @property
+  def apply_with_state(self):
+    """`(params, model_state, rng, images, is_training=False) -> (logits,
+    model_state)`."""
+    return self.transformed_with_state.apply
+
+  @functools.cached_property
+  def transformed(self) -> hk.Transformed | hk.TransformedWithState:
+    """Haiku's own transform: `transformed_with_state` for a stateful model,
+    `hk.transform` (no state in or out) otherwise."""
     if self.stateful:
-      return hk.transform_with_state(forward)
-    return hk.transform(forward)
+      return self.transformed_with_state
+    return hk.transform(self._forward())
 
   @property
   def init(self):
@@ -158,9 +189,8 @@ class ModelEntry:
 
   def param_count(self) -> int:
     """Number of parameters (computed from shapes, no device work)."""
-    shapes = jax.eval_shape(self.transformed.init, jax.random.PRNGKey(0),
-                            self.example_input())
-    params = shapes[0] if self.stateful else shapes
+    params, _ = jax.eval_shape(self.init_with_state, jax.random.PRNGKey(0),
+                               self.example_input())
     return sum(x.size for x in jax.tree.leaves(params))
 
 
@@ -178,10 +208,24 @@ def check_images(images: jax.Array, input_shape: tuple[int, ...]) -> None:
         "with zoo.data.to_float (uint8 -> float32 / 255).")
 
 
-def _check_classes(cfg: Mapping[str, Any]) -> None:
-  """The dataset exists, `data.classes` are distinct ids within it, and a
-  model's `patch_size` (if it has one) tiles its images."""
-  info = datasets.info(cfg["data"]["dataset"])
+def _dataset_info(name: Any) -> catalog.DatasetInfo:
+  """The catalog's facts about `data.dataset`; an unknown name is a config
+  mistake, so a ConfigError with the closest known names."""
+  try:
+    return catalog.get(name)
+  except UnknownDatasetError:
+    hint = (close_matches(name, catalog.DATASETS) if isinstance(name, str)
+            else [])
+    raise ConfigError(
+        f"data.dataset: unknown dataset {name!r}"
+        + (f"; did you mean {', '.join(hint)}?" if hint else ".")
+        + f" Known: {', '.join(sorted(catalog.DATASETS))}.") from None
+
+
+def _check_data(cfg: Mapping[str, Any]) -> None:
+  """The dataset exists, `data.classes` are distinct ids within it, the
+  splits parse, and a model's `patch_size` (if it has one) tiles its images."""
+  info = _dataset_info(cfg["data"]["dataset"])
   patch = cfg["model"].get("patch_size")
   h, w = info.image_shape[:2]
   if isinstance(patch, int) and (h % patch or w % patch):
@@ -219,8 +263,8 @@ def _make_entry(name: str, raw: Mapping[str, Any], baselines) -> ModelEntry:
   arch = raw.get("model", {}).get("arch")
   if not arch:
     raise ConfigError(f"config for {name!r} must set model.arch.")
-  cfg = config_lib.validate(raw, _arch(arch)[0])
-  _check_classes(cfg)
+  cfg = config_lib.validate(raw, base.get(arch).build)
+  _check_data(cfg)
   return ModelEntry(name=name, config=cfg, baseline=baselines.get(name))
 
 
@@ -231,7 +275,6 @@ def _ensure_loaded() -> None:
   with _LOCK:
     if _LOADED:
       return
-    import zoo.models  # noqa: F401  (registers the built-in architectures)
     baselines = _load_baselines()
     for path in sorted(configs_dir().glob("*.toml")):
       raw = config_lib.load_file(path)
@@ -272,8 +315,8 @@ def get(name: str, *, pretrained: bool = False, **model_overrides) -> ModelEntry
 def with_config(entry: ModelEntry, overrides: Mapping[str, Any]) -> ModelEntry:
   """A copy of `entry` with dotted-key config overrides, validated."""
   cfg = config_lib.with_overrides(entry.config, overrides)
-  cfg = config_lib.validate(cfg, _arch(cfg["model"]["arch"])[0])
-  _check_classes(cfg)
+  cfg = config_lib.validate(cfg, base.get(cfg["model"]["arch"]).build)
+  _check_data(cfg)
   baseline = entry.baseline if cfg == entry.config else None
   return ModelEntry(name=entry.name, config=cfg, baseline=baseline)
 
@@ -287,23 +330,27 @@ def register(name: str, *, dataset: str, config: Mapping[str, Any] | None = None
       def tiny_mlp(num_outputs, width=32):
         return MyModule(num_outputs, width)
 
-  The model then trains, evaluates and shows in the CLI like a built-in one.
+  The decorated constructor is a function or an hk.Module class taking the
+  number of outputs, then keyword arguments whose defaults become its
+  `[model]` config (see zoo.config.model_schema); `stateful=True` for a
+  module with Haiku state. The model then trains, evaluates and shows in the
+  CLI like a built-in one.
   """
-  def decorator(fn: ArchFn) -> ArchFn:
+  def decorator(build: ArchFn) -> ArchFn:
     _ensure_loaded()
-    if name in _MODELS or name in _ARCHITECTURES:
+    if name in _MODELS or name in base.names():
       raise ConfigError(f"model {name!r} is already registered; pick another "
                         "name.")
-    architecture(name, stateful=stateful)(fn)
+    base.add(name, build, stateful=stateful)
     raw = copy.deepcopy(dict(config or {}))
     raw.setdefault("model", {})["arch"] = name
     raw.setdefault("data", {})["dataset"] = dataset
     try:
       _MODELS[name] = _make_entry(name, raw, _load_baselines())
     except Exception:
-      _ARCHITECTURES.pop(name, None)  # a bad config must not leave it behind
+      base.remove(name)  # a bad config must not leave it behind
       raise
-    return fn
+    return build
   return decorator
 
 
@@ -311,4 +358,4 @@ def unregister(name: str) -> None:
   """Removes a model added with `register` (for tests and notebooks)."""
   _ensure_loaded()
   _MODELS.pop(name, None)
-  _ARCHITECTURES.pop(name, None)
+  base.remove(name)

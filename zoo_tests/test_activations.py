@@ -73,3 +73,12 @@ def test_unknown_activation():
   assert isinstance(info.value, zoo.ZooError)
   with pytest.raises(ConfigError, match="Choose one of"):
     activations.get("nonexistent_activation")
+
+
+def test_name_of_is_the_way_back():
+  for name in activations.names():
+    fn = activations.get(name)
+    assert activations.get(activations.name_of(fn)) is fn
+  assert activations.name_of(jax.nn.relu) == "relu"
+  assert activations.name_of(jax.nn.silu) == "silu"  # not its alias swish
+  assert activations.name_of(lambda x: x) is None

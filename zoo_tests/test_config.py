@@ -5,8 +5,9 @@ import zoo
 from zoo import config as config_lib
 from zoo import registry
 from zoo.errors import ConfigError, ConfigValueError, UnknownConfigKeyError
-from zoo.models.cnn import cnn
-from zoo.models.mlp import mlp
+from zoo.models import base as arch_table
+from zoo.models.cnn import SmallCNN as cnn
+from zoo.models.mlp import MLPClassifier as mlp
 
 CONFIG_FILES = sorted(registry.configs_dir().glob("*.toml"))
 
@@ -271,12 +272,79 @@ def test_config_files_exist():
 def test_every_config_file_validates(path):
   raw = config_lib.load_file(path)
   raw.setdefault("name", path.stem)
-  arch_fn = registry._arch(raw["model"]["arch"])[0]
-  cfg = config_lib.validate(raw, arch_fn)
+  build = arch_table.get(raw["model"]["arch"]).build
+  cfg = config_lib.validate(raw, build)
   assert cfg["description"]
   assert cfg["data"]["dataset"] in ("mnist", "fashion_mnist")
   assert path.stem in zoo.list_models()
   assert zoo.get(path.stem).config == cfg
+
+
+def _leaves(tree, prefix=()):
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _leaves(value, (*prefix, key))
+    else:
+      yield (*prefix, key), value
+
+
+def _restated_defaults(raw):
+  """The dotted keys of `raw` (a config file's content) set to their default:
+  DEFAULTS, the architecture constructor's, the optax optimizer's."""
+  build = arch_table.get(raw["model"]["arch"]).build
+  optimizer = raw.get("optimizer", {}).get(
+      "name", config_lib.DEFAULTS["optimizer"]["name"])
+  defaults = config_lib.validate({"model": {"arch": raw["model"]["arch"]},
+                                  "optimizer": {"name": optimizer}}, build)
+  defaults["model"]["arch"] = ""  # no default: every config names one
+  defaults["optimizer"] = {
+      **config_lib._signature_defaults(config_lib.optimizer_factory(optimizer),
+                                       0),
+      **config_lib.DEFAULTS["optimizer"]}
+  restated = []
+  for key, value in _leaves(raw):
+    node = defaults
+    for part in key:
+      node = node.get(part) if isinstance(node, dict) else None
+    if value == node:
+      restated.append(".".join(key))
+  return restated
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
+def test_config_files_state_only_what_differs(path):
+  """A config file restates no default: every model default lives in one
+  place, its module's constructor."""
+  assert _restated_defaults(config_lib.load_file(path)) == []
+  old_style = {"model": {"arch": "cnn", "hidden_size": 128, "dropout": 0.5},
+               "optimizer": {"name": "adam", "learning_rate": 1e-3},
+               "train": {"batch_size": 128}}
+  assert _restated_defaults(old_style) == [
+      "model.hidden_size", "optimizer.name", "optimizer.learning_rate",
+      "train.batch_size"]
+
+
+def test_model_schema_maps_functions_to_names():
+  """Constructor arguments that take functions are names in the config:
+  `w_init` is `initializer`, and `model_kwargs` resolves the names."""
+  import jax
+  from zoo import activations, initializers
+  from zoo.models.cnn_bn import BatchNormCNN
+  from zoo.models import pooling
+  schema = config_lib.model_schema(BatchNormCNN)
+  assert list(schema) == ["channels", "hidden_size", "activation",
+                          "initializer", "pool", "dense_batch_norm",
+                          "bn_decay", "bn_eps", "dropout"]
+  assert schema["initializer"].arg == "w_init"
+  assert schema["initializer"].default == "he_normal"
+  assert "name" not in schema and "w_init" not in schema
+  model = {"arch": "cnn_bn", "channels": [8, 16], "activation": "gelu",
+           "initializer": "xavier_uniform", "pool": "avg", "bn_eps": 1e-3}
+  assert config_lib.model_kwargs(BatchNormCNN, model) == {
+      "channels": (8, 16), "activation": jax.nn.gelu,
+      "w_init": initializers.get("glorot_uniform"), "pool": pooling.get("avg"),
+      "bn_eps": 1e-3}
+  assert activations.get("gelu") is jax.nn.gelu
 
 
 def test_load_file_errors(tmp_path):
@@ -345,8 +413,8 @@ def test_every_model_argument_has_a_range():
   """Each argument of each built-in architecture is range-checked by its
   kind (booleans need only their type)."""
   for arch in registry.architectures():
-    fn = registry._arch(arch)[0]
-    for arg, default in config_lib.model_defaults(fn).items():
+    build = arch_table.get(arch).build
+    for arg, default in config_lib.model_defaults(build).items():
       assert arg in config_lib.MODEL_ARG_RANGES or isinstance(default, bool), (
           arch, arg)
   # One range per kind of value, shared by every argument of that kind.

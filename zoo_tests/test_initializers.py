@@ -148,3 +148,18 @@ def test_unknown_initializer_in_model():
   with pytest.raises(ConfigError, match="he_normal"):
     entry = zoo.get("mlp_mnist", initializer="he_norml")
     entry.init(jax.random.PRNGKey(0), entry.example_input())
+
+
+def test_one_shared_instance_per_name_and_name_of():
+  """get() returns one (stateless) instance per name, aliases included, so a
+  module's default initializer can be stated as a name in its config."""
+  for name in initializers.names():
+    init = initializers.get(name)
+    assert initializers.get(name) is init
+    canonical = initializers.name_of(init)
+    assert initializers.get(canonical) is init
+    assert canonical == {"xavier_normal": "glorot_normal",
+                         "xavier_uniform": "glorot_uniform",
+                         "kaiming_normal": "he_normal",
+                         "kaiming_uniform": "he_uniform"}.get(name, name)
+  assert initializers.name_of(hk.initializers.VarianceScaling(2.0)) is None

@@ -235,3 +235,91 @@ def test_numpy_float32_nhwc_accepted():
   x = np.random.default_rng(0).random((3, 28, 28, 1), dtype=np.float32)
   out = entry.apply(params, None, x)
   chex.assert_trees_all_close(out, entry.apply(params, None, jnp.asarray(x)))
+
+
+# -- the modules: registered classes, callables, argument checks ----------------
+
+def test_registered_constructors_are_the_module_classes():
+  """No pass-through wrappers: each architecture is its hk.Module class, and
+  its config defaults are that class's own."""
+  from zoo import config as config_lib
+  from zoo.models import base, cnn, cnn_bn, logistic, lstm, mlp, vit
+  classes = {"cnn": cnn.SmallCNN, "cnn_bn": cnn_bn.BatchNormCNN,
+             "logistic": logistic.LogisticRegression, "lstm":
+             lstm.LSTMClassifier, "mlp": mlp.MLPClassifier, "vit": vit.ViT}
+  for arch, cls in classes.items():
+    assert base.get(arch).build is cls, arch
+    assert base.get(arch).stateful is (arch == "cnn_bn")
+  assert config_lib.model_defaults(cnn.SmallCNN) == {
+      "channels": [32, 64], "hidden_size": 128, "activation": "relu",
+      "initializer": "he_normal", "dropout": 0.0}
+  assert config_lib.model_defaults(logistic.LogisticRegression) == {
+      "initializer": "zeros"}
+  assert config_lib.model_defaults(cnn_bn.BatchNormCNN)["pool"] == "max"
+
+
+@pytest.mark.parametrize("name,layer", [
+    ("mlp_mnist", "mlp_classifier/~/mlp/~/linear_0"),
+    ("cnn_mnist", "small_cnn/conv_0")])
+def test_modules_take_callables(name, layer):
+  """A module built directly with functions computes what the registered
+  model computes with their names in its config."""
+  import haiku as hk
+  from zoo import initializers
+  from zoo.models import base
+  entry = zoo.get(name, activation="gelu", initializer="lecun_uniform")
+  cls = base.get(entry.arch).build
+  direct = hk.transform(lambda x: cls(
+      10, activation=jax.nn.gelu, w_init=initializers.get("lecun_uniform"))(x))
+  x = _images(3)
+  params = direct.init(jax.random.PRNGKey(0), x)
+  chex.assert_trees_all_equal(params,
+                              entry.init(jax.random.PRNGKey(0), x))
+  w = np.asarray(params[layer]["w"])
+  assert np.abs(w).max() <= np.sqrt(3 / np.prod(w.shape[:-1]))  # lecun
+  params = _nonzero_params(zoo.get(name))
+  chex.assert_trees_all_close(direct.apply(params, None, x),
+                              entry.apply(params, None, x), rtol=1e-6)
+
+
+@pytest.mark.parametrize("build,kwargs,arg", [
+    ("cnn.SmallCNN", {"dropout": 2.0}, "dropout"),
+    ("cnn.SmallCNN", {"channels": (32, 0)}, "channels"),
+    ("cnn_bn.BatchNormCNN", {"bn_decay": 1.0}, "bn_decay"),
+    ("cnn_bn.BatchNormCNN", {"bn_eps": 0.0}, "bn_eps"),
+    ("mlp.MLPClassifier", {"dropout": -0.1}, "dropout"),
+    ("lstm.LSTMClassifier", {"num_layers": 0}, "num_layers"),
+    ("vit.ViT", {"dropout": 1.0}, "dropout"),
+    ("vit.ViT", {"num_heads": 0}, "num_heads"),
+])
+def test_direct_module_use_checks_ranges(build, kwargs, arg):
+  """Without zoo.get, a module still refuses a value out of range, with the
+  rule config validation uses for that kind of argument."""
+  import importlib
+  import haiku as hk
+  from zoo.errors import ConfigValueError
+  module_name, cls_name = build.split(".")
+  cls = getattr(importlib.import_module(f"zoo.models.{module_name}"), cls_name)
+  forward = hk.transform(lambda x: cls(10, **kwargs)(x))
+  with pytest.raises(ConfigValueError) as info:
+    forward.init(jax.random.PRNGKey(0), _images(1))
+  assert isinstance(info.value, ValueError)
+  msg = str(info.value)
+  assert msg.startswith(f"{cls_name}.{arg} must be ") and "got" in msg, msg
+
+
+@pytest.mark.parametrize("name", ["logreg_mnist", "mlp_mnist", "cnn_mnist"])
+def test_with_state_api_matches_haiku_signatures(name):
+  """init_with_state/apply_with_state: the same parameters and logits as
+  Haiku's own init/apply, with an empty state for a stateless model."""
+  entry = zoo.get(name, dropout=0.5) if name != "logreg_mnist" else \
+      zoo.get(name)
+  x = _images(3)
+  params, state = entry.init_with_state(jax.random.PRNGKey(0), x)
+  assert state == {}
+  chex.assert_trees_all_equal(params, entry.init(jax.random.PRNGKey(0), x))
+  params = _nonzero_params(entry)
+  for rng, is_training in [(None, False), (jax.random.PRNGKey(1), True)]:
+    out, new_state = entry.apply_with_state(params, {}, rng, x, is_training)
+    assert new_state == {}
+    chex.assert_trees_all_equal(out, entry.apply(params, rng, x, is_training))

@@ -260,6 +260,64 @@ def test_register_adds_model(tiny_model):
     zoo.get(tiny_model, widht=16)
 
 
+class _TinyWithArgs(hk.Module):
+  """A user module registered as a class, taking an activation function."""
+
+  def __init__(self, num_outputs, width=8, activation=jax.nn.relu,
+               name=None):
+    super().__init__(name=name or "tiny")
+    self.num_outputs, self.width = num_outputs, width
+    self.activation = activation
+
+  def __call__(self, x, is_training=False):
+    x = hk.Flatten()(x)
+    x = self.activation(hk.Linear(self.width)(x))
+    return hk.Linear(self.num_outputs)(x)
+
+
+def test_register_a_class_with_a_function_argument():
+  """A class registers like a function (its `name` is no setting); a
+  function default that zoo names is a name in the config, resolved again
+  when the module is built."""
+  name = "zz_test_tiny_class"
+  assert zoo.register(name, dataset="mnist")(_TinyWithArgs) is _TinyWithArgs
+  try:
+    entry = zoo.get(name)
+    assert entry.config["model"] == {"arch": name, "width": 8,
+                                     "activation": "relu"}
+    gelu = zoo.get(name, activation="gelu", width=4)
+    assert gelu.config["model"]["activation"] == "gelu"
+    x = jax.random.uniform(jax.random.PRNGKey(0), (2, 28, 28, 1))
+    params = gelu.init(jax.random.PRNGKey(1), x)
+    direct = hk.transform(lambda x: _TinyWithArgs(10, 4, jax.nn.gelu)(x))
+    chex.assert_trees_all_close(gelu.apply(params, None, x),
+                                direct.apply(params, None, x))
+    with pytest.raises(ConfigError, match="did you mean gelu"):
+      zoo.get(name, activation="gleu")
+  finally:
+    registry.unregister(name)
+
+
+def test_register_keeps_string_arguments_as_they_are():
+  """User code that resolves names itself still gets the names."""
+  name = "zz_test_tiny_strings"
+  seen = []
+
+  @zoo.register(name, dataset="mnist")
+  def tiny(num_outputs, activation="relu", initializer="he_normal"):
+    seen.append((activation, initializer))
+    return _Tiny(num_outputs, 4)
+
+  try:
+    entry = zoo.get(name, activation="tanh")
+    assert entry.config["model"] == {"arch": name, "activation": "tanh",
+                                     "initializer": "he_normal"}
+    jax.eval_shape(entry.init, jax.random.PRNGKey(0), entry.example_input())
+    assert seen == [("tanh", "he_normal")]
+  finally:
+    registry.unregister(name)
+
+
 def test_register_twice_is_an_error(tiny_model):
   with pytest.raises(ConfigError, match="already registered"):
     zoo.register(tiny_model, dataset="mnist")(lambda n: _Tiny(n, 4))
@@ -313,3 +371,36 @@ def test_pretrained_with_overrides_says_why():
   # An override equal to the registered value changes nothing: weights load.
   entry = zoo.get("mlp_fashion_mnist", pretrained=True, activation="relu")
   assert entry.params is not None
+
+
+# -- layout: one architecture table, no shim, no import cycle -------------------
+
+def test_models_do_not_import_the_registry():
+  """zoo.registry imports zoo.models; the models register into
+  zoo.models.base and import nothing of the registry."""
+  import ast
+  import pathlib
+  import zoo.models
+  for path in pathlib.Path(zoo.models.__file__).parent.glob("*.py"):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+      if isinstance(node, ast.ImportFrom):
+        names = [f"{node.module}.{a.name}" for a in node.names]
+      elif isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+      else:
+        continue
+      assert not any(n.startswith("zoo.registry") for n in names), path
+
+
+def test_dataset_facts_come_from_the_catalog():
+  import pathlib
+  from zoo.data import catalog
+  assert not (pathlib.Path(zoo.__file__).parent / "datasets.py").exists()
+  entry = zoo.get("logreg_binary_fashion_mnist")
+  info = catalog.get("fashion_mnist")
+  assert entry.input_shape == info.image_shape
+  assert entry.class_names == (info.class_names[7], info.class_names[9])
+  with pytest.raises(ConfigError, match=r"data.dataset: unknown dataset "
+                     r"'fashon_mnist'; did you mean fashion_mnist"):
+    registry.with_config(entry, {"data.dataset": "fashon_mnist"})

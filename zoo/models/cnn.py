@@ -6,37 +6,51 @@ On 28x28x1 inputs with K = 10 it has 421,642 parameters.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import haiku as hk
 import jax
 
-from zoo import activations, initializers
+from zoo import initializers
+from zoo.models.base import architecture, check_args
 from zoo.models.pooling import max_pool
-from zoo.registry import architecture
 
 
+@architecture("cnn")
 class SmallCNN(hk.Module):
-  """The two-conv-block classifier above; every choice is an argument."""
+  """Conv blocks (3x3 conv SAME, activation, 2x2/2 max-pool), then flatten ->
+  dense -> activation -> dropout (training only) -> linear logits."""
 
   def __init__(self, num_outputs: int, channels: Sequence[int] = (32, 64),
-               hidden_size: int = 128, activation: str = "relu",
-               initializer: str = "he_normal", dropout: float = 0.0,
-               name: str | None = None):
-    """`channels`: output channels of each conv block; `hidden_size`: the
-    dense layer after flattening; `dropout`: rate before the last layer in
-    training (0 disables)."""
+               hidden_size: int = 128,
+               activation: Callable[[jax.Array], jax.Array] = jax.nn.relu,
+               w_init: hk.initializers.Initializer = initializers.get(
+                   "he_normal"),
+               dropout: float = 0.0, name: str | None = None):
+    """Constructs the CNN.
+
+    Args:
+      num_outputs: Width of the logits.
+      channels: Output channels of each conv block (one block per entry).
+      hidden_size: Width of the dense layer after flattening.
+      activation: Applied after every conv and the dense layer.
+      w_init: Initializer of every weight (biases start at zero); a config
+        names it as `initializer`.
+      dropout: Rate on the dense layer's output in training; 0 disables.
+      name: Module name.
+    """
     super().__init__(name=name)
-    if not 0.0 <= dropout < 1.0:
-      raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    check_args(self, channels=channels, hidden_size=hidden_size,
+               dropout=dropout)
     self.num_outputs = num_outputs
     self.channels = tuple(channels)
     self.hidden_size = hidden_size
-    self.activation = activations.get(activation)
-    self.w_init = initializers.get(initializer)
+    self.activation = activation
+    self.w_init = w_init
     self.dropout = dropout
 
   def __call__(self, x: jax.Array, is_training: bool = False) -> jax.Array:
+    """(B, H, W, C) images -> (B, num_outputs) logits."""
     for i, c in enumerate(self.channels):
       x = hk.Conv2D(c, kernel_shape=3, padding="SAME", w_init=self.w_init,
                     name=f"conv_{i}")(x)
@@ -49,12 +63,3 @@ class SmallCNN(hk.Module):
     if is_training and self.dropout > 0:
       x = hk.dropout(hk.next_rng_key(), self.dropout, x)
     return hk.Linear(self.num_outputs, w_init=self.w_init, name="logits")(x)
-
-
-@architecture("cnn")
-def cnn(num_outputs: int, channels: Sequence[int] = (32, 64),
-        hidden_size: int = 128, activation: str = "relu",
-        initializer: str = "he_normal", dropout: float = 0.0) -> hk.Module:
-  return SmallCNN(num_outputs, channels=channels, hidden_size=hidden_size,
-                  activation=activation, initializer=initializer,
-                  dropout=dropout)

@@ -7,10 +7,10 @@ dropout -> dense K.
 BatchNorm normalizes each channel with the statistics of the current batch in
 training and with exponential moving averages of them (decay `bn_decay`) in
 evaluation; the moving averages are Haiku *state*, not parameters, so the
-architecture is registered with `stateful=True` and trained through
-`hk.transform_with_state`. A layer followed by BatchNorm has no bias: the
-BatchNorm offset takes its place (a bias would be subtracted out with the
-batch mean). Under data parallelism each device normalizes with its own
+architecture is registered with `stateful=True` (the registry transforms every
+model with `hk.transform_with_state`). A layer followed by BatchNorm has no
+bias: the BatchNorm offset takes its place (a bias would be subtracted out
+with the batch mean). Under data parallelism each device normalizes with its own
 shard's statistics and the engine averages the moving averages after every
 step.
 
@@ -21,16 +21,14 @@ it has 421,866 parameters: conv 288 + BN 64, conv 18,432 + BN 128, dense
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import haiku as hk
 import jax
 
-from zoo import activations, initializers
+from zoo import initializers
 from zoo.models import pooling
-from zoo.registry import architecture
-
-POOLS = ("max", "avg")
+from zoo.models.base import architecture, check_args
 
 
 def batch_norm(x: jax.Array, is_training: bool, name: str, *, decay: float,
@@ -44,39 +42,56 @@ def batch_norm(x: jax.Array, is_training: bool, name: str, *, decay: float,
                       eps=eps, name=name)(x, is_training=is_training)
 
 
+@architecture("cnn_bn", stateful=True)
 class BatchNormCNN(hk.Module):
-  """The two-conv-block classifier above; every choice is an argument."""
+  """Conv blocks (3x3 conv SAME without bias, BatchNorm, activation, 2x2/2
+  pooling), then flatten -> dense [-> BatchNorm] -> activation -> dropout
+  (training only) -> linear logits."""
 
   def __init__(self, num_outputs: int, channels: Sequence[int] = (32, 64),
-               hidden_size: int = 128, activation: str = "relu",
-               initializer: str = "he_normal", pool: str = "max",
+               hidden_size: int = 128,
+               activation: Callable[[jax.Array], jax.Array] = jax.nn.relu,
+               w_init: hk.initializers.Initializer = initializers.get(
+                   "he_normal"),
+               pool: Callable[..., jax.Array] = pooling.max_pool,
                dense_batch_norm: bool = True, bn_decay: float = 0.9,
                bn_eps: float = 1e-5, dropout: float = 0.0,
                name: str | None = None):
-    """`channels`: output channels of each conv block; `hidden_size`: the
-    dense layer after flattening; `pool`: "max" or "avg" (2x2, stride 2);
-    `dense_batch_norm`: also normalize the dense layer; `bn_decay`/`bn_eps`:
-    moving-average decay and variance epsilon of every BatchNorm;
-    `dropout`: rate before the last layer in training (0 disables)."""
+    """Constructs the CNN.
+
+    Args:
+      num_outputs: Width of the logits.
+      channels: Output channels of each conv block (one block per entry).
+      hidden_size: Width of the dense layer after flattening.
+      activation: Applied after every BatchNorm (and the dense layer).
+      w_init: Initializer of every weight; a config names it as
+        `initializer`.
+      pool: 2x2, stride 2 pooling, `(x, window_shape, strides, padding)`;
+        a config names it: "max" (zoo.models.pooling.max_pool) or "avg"
+        (hk.avg_pool).
+      dense_batch_norm: Also normalize the dense layer (which then has no
+        bias).
+      bn_decay: Moving-average decay of every BatchNorm, in [0, 1).
+      bn_eps: Variance epsilon of every BatchNorm, > 0.
+      dropout: Rate on the dense layer's output in training; 0 disables.
+      name: Module name.
+    """
     super().__init__(name=name)
-    if not 0.0 <= dropout < 1.0:
-      raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    if pool not in POOLS:
-      raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
-    if not 0.0 <= bn_decay < 1.0:
-      raise ValueError(f"bn_decay must be in [0, 1), got {bn_decay}")
+    check_args(self, channels=channels, hidden_size=hidden_size,
+               bn_decay=bn_decay, bn_eps=bn_eps, dropout=dropout)
     self.num_outputs = num_outputs
     self.channels = tuple(channels)
     self.hidden_size = hidden_size
-    self.activation = activations.get(activation)
-    self.w_init = initializers.get(initializer)
-    self.pool = pooling.max_pool if pool == "max" else hk.avg_pool
+    self.activation = activation
+    self.w_init = w_init
+    self.pool = pool
     self.dense_batch_norm = dense_batch_norm
     self.bn_decay = bn_decay
     self.bn_eps = bn_eps
     self.dropout = dropout
 
   def __call__(self, x: jax.Array, is_training: bool = False) -> jax.Array:
+    """(B, H, W, C) images -> (B, num_outputs) logits."""
     norm = functools.partial(batch_norm, decay=self.bn_decay,
                              eps=self.bn_eps)
     for i, c in enumerate(self.channels):
@@ -94,15 +109,3 @@ class BatchNormCNN(hk.Module):
     if is_training and self.dropout > 0:
       x = hk.dropout(hk.next_rng_key(), self.dropout, x)
     return hk.Linear(self.num_outputs, w_init=self.w_init, name="logits")(x)
-
-
-@architecture("cnn_bn", stateful=True)
-def cnn_bn(num_outputs: int, channels: Sequence[int] = (32, 64),
-           hidden_size: int = 128, activation: str = "relu",
-           initializer: str = "he_normal", pool: str = "max",
-           dense_batch_norm: bool = True, bn_decay: float = 0.9,
-           bn_eps: float = 1e-5, dropout: float = 0.0) -> hk.Module:
-  return BatchNormCNN(num_outputs, channels=channels, hidden_size=hidden_size,
-                      activation=activation, initializer=initializer,
-                      pool=pool, dense_batch_norm=dense_batch_norm,
-                      bn_decay=bn_decay, bn_eps=bn_eps, dropout=dropout)

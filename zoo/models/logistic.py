@@ -9,25 +9,30 @@ import haiku as hk
 import jax
 
 from zoo import initializers
-from zoo.registry import architecture
-
-
-class LogisticRegression(hk.Module):
-  """Flatten -> Linear(num_outputs); logits out, no activation."""
-
-  def __init__(self, num_outputs: int, initializer: str = "zeros",
-               name: str | None = None):
-    """`num_outputs`: classes, or 1 for binary; `initializer`: by name."""
-    super().__init__(name=name)
-    self.num_outputs = num_outputs
-    self.w_init = initializers.get(initializer)
-
-  def __call__(self, x: jax.Array, is_training: bool = False) -> jax.Array:
-    del is_training  # no dropout or normalization
-    x = hk.Flatten()(x)
-    return hk.Linear(self.num_outputs, w_init=self.w_init, name="linear")(x)
+from zoo.models.base import architecture
 
 
 @architecture("logistic")
-def logistic(num_outputs: int, initializer: str = "zeros") -> hk.Module:
-  return LogisticRegression(num_outputs, initializer=initializer)
+class LogisticRegression(hk.Module):
+  """Flatten -> Linear(num_outputs); logits out, no activation."""
+
+  def __init__(self, num_outputs: int,
+               w_init: hk.initializers.Initializer = initializers.get("zeros"),
+               name: str | None = None):
+    """Constructs the model.
+
+    Args:
+      num_outputs: Classes, or 1 for a binary model.
+      w_init: Initializer of the weights (the bias starts at zero); a config
+        names it as `initializer`.
+      name: Module name.
+    """
+    super().__init__(name=name)
+    self.num_outputs = num_outputs
+    self.w_init = w_init
+
+  def __call__(self, x: jax.Array, is_training: bool = False) -> jax.Array:
+    """(B, H, W, C) images -> (B, num_outputs) logits."""
+    del is_training  # no dropout or normalization
+    x = hk.Flatten()(x)
+    return hk.Linear(self.num_outputs, w_init=self.w_init, name="linear")(x)

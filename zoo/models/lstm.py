@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from zoo import initializers
-from zoo.registry import architecture
+from zoo.models.base import architecture, check_args
 
 
 def sequence_mask(lengths: jax.Array | None, batch: int,
@@ -46,25 +46,34 @@ def image_to_sequence(x: jax.Array) -> jax.Array:
   return jnp.transpose(x.reshape(b, h, w * c), (1, 0, 2))
 
 
+@architecture("lstm")
 class LSTMClassifier(hk.Module):
   """Stacked LSTM over image rows, linear head on the last valid output."""
 
   def __init__(self, num_outputs: int, hidden_size: int = 128,
-               num_layers: int = 1, initializer: str = "glorot_uniform",
+               num_layers: int = 1,
+               w_init: hk.initializers.Initializer = initializers.get(
+                   "glorot_uniform"),
                dropout: float = 0.0, name: str | None = None):
-    """`hidden_size`: width of every LSTM layer; `num_layers`: stacked
-    layers (each takes the one below's outputs); `initializer`: of the head
-    (hk.LSTM initializes its own gates: truncated normal 1/sqrt(fan_in), +1
-    forget bias); `dropout`: rate on the head's input in training."""
+    """Constructs the classifier.
+
+    Args:
+      num_outputs: Width of the logits.
+      hidden_size: Width of every LSTM layer.
+      num_layers: Stacked layers (each reads the outputs of the one below).
+      w_init: Initializer of the head's weights (hk.LSTM initializes its own
+        gates: truncated normal 1/sqrt(fan_in), +1 forget bias); a config
+        names it as `initializer`.
+      dropout: Rate on the head's input in training; 0 disables.
+      name: Module name.
+    """
     super().__init__(name=name)
-    if not 0.0 <= dropout < 1.0:
-      raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    if num_layers < 1:
-      raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+    check_args(self, hidden_size=hidden_size, num_layers=num_layers,
+               dropout=dropout)
     self.num_outputs = num_outputs
     self.hidden_size = hidden_size
     self.num_layers = num_layers
-    self.w_init = initializers.get(initializer)
+    self.w_init = w_init
     self.dropout = dropout
 
   def __call__(self, x: jax.Array, is_training: bool = False,
@@ -94,12 +103,3 @@ class LSTMClassifier(hk.Module):
     if is_training and self.dropout > 0:
       out = hk.dropout(hk.next_rng_key(), self.dropout, out)
     return hk.Linear(self.num_outputs, w_init=self.w_init, name="head")(out)
-
-
-@architecture("lstm")
-def lstm(num_outputs: int, hidden_size: int = 128, num_layers: int = 1,
-         initializer: str = "glorot_uniform",
-         dropout: float = 0.0) -> hk.Module:
-  return LSTMClassifier(num_outputs, hidden_size=hidden_size,
-                        num_layers=num_layers, initializer=initializer,
-                        dropout=dropout)

@@ -6,45 +6,45 @@ training.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import haiku as hk
 import jax
 
-from zoo import activations, initializers
-from zoo.registry import architecture
+from zoo import initializers
+from zoo.models.base import architecture, check_args
 
 
+@architecture("mlp")
 class MLPClassifier(hk.Module):
-  """A multi-layer perceptron producing `num_outputs` logits."""
+  """Flatten -> `hk.nets.MLP` (hidden layers with activation and, in
+  training, dropout) -> `num_outputs` logits."""
 
   def __init__(self, num_outputs: int, hidden_sizes: Sequence[int] = (256, 128),
-               activation: str = "relu", initializer: str = "he_normal",
+               activation: Callable[[jax.Array], jax.Array] = jax.nn.relu,
+               w_init: hk.initializers.Initializer = initializers.get(
+                   "he_normal"),
                dropout: float = 0.0, name: str | None = None):
-    """`hidden_sizes`: width of each hidden layer; `activation`/`initializer`:
-    by name (see zoo.activations / zoo.initializers); `dropout`: rate used
-    after every hidden layer in training, 0 to disable."""
+    """Constructs the MLP.
+
+    Args:
+      num_outputs: Width of the logits.
+      hidden_sizes: Width of each hidden layer.
+      activation: Applied after every hidden layer.
+      w_init: Initializer of every weight (biases start at zero); a config
+        names it as `initializer`.
+      dropout: Rate after every hidden layer in training; 0 disables.
+      name: Module name.
+    """
     super().__init__(name=name)
-    if not 0.0 <= dropout < 1.0:
-      raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    self.mlp = hk.nets.MLP(
-        [*hidden_sizes, num_outputs],
-        w_init=initializers.get(initializer),
-        activation=activations.get(activation),
-        name="mlp")
+    check_args(self, hidden_sizes=hidden_sizes, dropout=dropout)
+    self.mlp = hk.nets.MLP([*hidden_sizes, num_outputs], w_init=w_init,
+                           activation=activation, name="mlp")
     self.dropout = dropout
 
   def __call__(self, x: jax.Array, is_training: bool = False) -> jax.Array:
+    """(B, H, W, C) images -> (B, num_outputs) logits."""
     x = hk.Flatten()(x)
     if is_training and self.dropout > 0:
       return self.mlp(x, dropout_rate=self.dropout, rng=hk.next_rng_key())
     return self.mlp(x)
-
-
-@architecture("mlp")
-def mlp(num_outputs: int, hidden_sizes: Sequence[int] = (256, 128),
-        activation: str = "relu", initializer: str = "he_normal",
-        dropout: float = 0.0) -> hk.Module:
-  return MLPClassifier(num_outputs, hidden_sizes=tuple(hidden_sizes),
-                       activation=activation, initializer=initializer,
-                       dropout=dropout)

@@ -9,15 +9,20 @@ gradient a few elementwise ops. Values and gradients are bit for bit those of
 `hk.max_pool`: on ties the whole gradient goes to the window's first maximum
 in row-major order, as `select_and_scatter` does (a plain `jnp.max` would
 split it). Any other geometry falls back to `hk.max_pool`.
+
+POOLS names the pooling functions a config may choose (`pool = "avg"`);
+modules take the functions themselves.
 """
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
+
+from zoo.errors import ConfigError, close_matches
 
 
 def _tiles(x: jax.Array, window: Sequence[int], strides: Sequence[int],
@@ -76,3 +81,29 @@ def max_pool(x: jax.Array, window_shape: Sequence[int],
     return hk.max_pool(x, window_shape, strides, padding)
   return _tiled_max(x, shape)
 
+
+# Pooling functions by name: (x, window_shape, strides, padding) -> pooled x.
+POOLS: dict[str, Callable[..., jax.Array]] = {"max": max_pool,
+                                              "avg": hk.avg_pool}
+
+
+def names() -> list[str]:
+  """Every pooling name a config may use, in POOLS order."""
+  return list(POOLS)
+
+
+def name_of(fn: Callable[..., jax.Array]) -> str | None:
+  """The name of a pooling function in POOLS, or None."""
+  return next((n for n, f in POOLS.items() if f is fn), None)
+
+
+def get(name: str) -> Callable[..., jax.Array]:
+  """The pooling function called `name` ("max" or "avg")."""
+  try:
+    return POOLS[name]
+  except (KeyError, TypeError):
+    hint = close_matches(name, POOLS) if isinstance(name, str) else []
+    raise ConfigError(
+        f"unknown pooling {name!r}"
+        + (f"; did you mean {', '.join(hint)}?" if hint else ".")
+        + f" Choose one of: {', '.join(POOLS)}.") from None

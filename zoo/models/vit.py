@@ -22,12 +22,14 @@ MLP 16,576, two LayerNorms 256), final LayerNorm 128, head 650.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import haiku as hk
 import jax
 import jax.numpy as jnp
 
-from zoo import activations, initializers
-from zoo.registry import architecture
+from zoo import initializers
+from zoo.models.base import architecture, check_args
 
 
 def patchify(x: jax.Array, patch_size: int) -> jax.Array:
@@ -46,8 +48,11 @@ def patchify(x: jax.Array, patch_size: int) -> jax.Array:
 class TransformerBlock(hk.Module):
   """Pre-LayerNorm block: x + MHA(LN(x)), then x + MLP(LN(x))."""
 
-  def __init__(self, num_heads: int, mlp_dim: int, activation, w_init,
-               dropout: float, name: str | None = None):
+  def __init__(self, num_heads: int, mlp_dim: int,
+               activation: Callable[[jax.Array], jax.Array],
+               w_init: hk.initializers.Initializer | None, dropout: float,
+               name: str | None = None):
+    """Constructs a block (arguments as ViT's; the width is the input's)."""
     super().__init__(name=name)
     self.num_heads = num_heads
     self.mlp_dim = mlp_dim
@@ -82,30 +87,43 @@ class TransformerBlock(hk.Module):
     return x + self._drop(h, is_training)
 
 
+@architecture("vit")
 class ViT(hk.Module):
   """Vision Transformer classifier over non-overlapping square patches."""
 
   def __init__(self, num_outputs: int, patch_size: int = 7, dim: int = 64,
                depth: int = 4, num_heads: int = 4, mlp_dim: int = 128,
-               activation: str = "gelu", initializer: str = "glorot_uniform",
+               activation: Callable[[jax.Array], jax.Array] = jax.nn.gelu,
+               w_init: hk.initializers.Initializer = initializers.get(
+                   "glorot_uniform"),
                dropout: float = 0.0, name: str | None = None):
-    """`patch_size`: side of the square patches (must divide the image);
-    `dim`: token width; `depth`: transformer blocks; `num_heads`: attention
-    heads (must divide `dim`); `mlp_dim`: hidden width of each block's MLP;
-    `activation`/`initializer`: by name, for the MLPs and every linear map
-    (CLS and position embeddings: truncated normal, std 0.02); `dropout`:
-    rate on the residual branches and MLP hidden layer in training."""
+    """Constructs the ViT.
+
+    Args:
+      num_outputs: Width of the logits.
+      patch_size: Side of the square patches (must divide the image).
+      dim: Token width.
+      depth: Number of transformer blocks.
+      num_heads: Attention heads (must divide `dim`).
+      mlp_dim: Hidden width of each block's MLP.
+      activation: Of each block's MLP.
+      w_init: Initializer of every linear map (CLS and position embeddings:
+        truncated normal, std 0.02); a config names it as `initializer`.
+      dropout: Rate on the residual branches and the MLP hidden layer in
+        training; 0 disables.
+      name: Module name (default "vit").
+    """
     super().__init__(name=name or "vit")
-    if not 0.0 <= dropout < 1.0:
-      raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    check_args(self, patch_size=patch_size, dim=dim, depth=depth,
+               num_heads=num_heads, mlp_dim=mlp_dim, dropout=dropout)
     self.num_outputs = num_outputs
     self.patch_size = patch_size
     self.dim = dim
     self.depth = depth
     self.num_heads = num_heads
     self.mlp_dim = mlp_dim
-    self.activation = activations.get(activation)
-    self.w_init = initializers.get(initializer)
+    self.activation = activation
+    self.w_init = w_init
     self.dropout = dropout
 
   def __call__(self, x: jax.Array, is_training: bool = False,
@@ -145,12 +163,3 @@ class ViT(hk.Module):
     if is_training and self.dropout > 0:
       return hk.dropout(hk.next_rng_key(), self.dropout, x)
     return x
-
-
-@architecture("vit")
-def vit(num_outputs: int, patch_size: int = 7, dim: int = 64, depth: int = 4,
-        num_heads: int = 4, mlp_dim: int = 128, activation: str = "gelu",
-        initializer: str = "glorot_uniform", dropout: float = 0.0) -> hk.Module:
-  return ViT(num_outputs, patch_size=patch_size, dim=dim, depth=depth,
-             num_heads=num_heads, mlp_dim=mlp_dim, activation=activation,
-             initializer=initializer, dropout=dropout)

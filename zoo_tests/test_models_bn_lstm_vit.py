@@ -65,9 +65,9 @@ def _images(batch, seed=0, shape=(28, 28, 1)):
 def _shapes(name):
   """(params, state) shapes of a registered model, without computing them."""
   entry = zoo.get(name)
-  out = jax.eval_shape(functools.partial(entry.init, is_training=True),
-                       jax.random.PRNGKey(0), entry.example_input(2))
-  return out if entry.stateful else (out, {})
+  return jax.eval_shape(
+      functools.partial(entry.init_with_state, is_training=True),
+      jax.random.PRNGKey(0), entry.example_input(2))
 
 
 def _random_params(transformed, *args):
@@ -84,9 +84,8 @@ def _random_params(transformed, *args):
 def _init(name):
   """(params, state) of a registered model ({} state when stateless)."""
   entry = zoo.get(name)
-  out = jax.jit(functools.partial(entry.init, is_training=True))(
+  return jax.jit(functools.partial(entry.init_with_state, is_training=True))(
       jax.random.PRNGKey(0), entry.example_input(2))
-  return out if entry.stateful else (out, {})
 
 
 # -- registration ----------------------------------------------------------------
@@ -104,6 +103,8 @@ def test_registered(name):
     assert isinstance(entry.transformed, hk.TransformedWithState)
   else:
     assert isinstance(entry.transformed, hk.Transformed)
+  # Every model, stateful or not, also has the one (params, state) interface.
+  assert isinstance(entry.transformed_with_state, hk.TransformedWithState)
   cfg = entry.config
   assert cfg["optimizer"]["name"] in ("adam", "adamw")
   assert cfg["schedule"]["name"] in ("cosine", "warmup_cosine")
@@ -170,12 +171,9 @@ def test_output_shapes(name):
   rng = jax.random.PRNGKey(1)  # for dropout in training
   for batch, is_training in [(1, False), (5, False), (5, True)]:
     x = jax.ShapeDtypeStruct((batch, 28, 28, 1), jnp.float32)
-    apply = functools.partial(entry.apply, is_training=is_training)
-    if entry.stateful:
-      out, new_state = jax.eval_shape(apply, params, state, rng, x)
-      chex.assert_trees_all_equal_shapes_and_dtypes(new_state, state)
-    else:
-      out = jax.eval_shape(apply, params, rng, x)
+    apply = functools.partial(entry.apply_with_state, is_training=is_training)
+    out, new_state = jax.eval_shape(apply, params, state, rng, x)
+    chex.assert_trees_all_equal_shapes_and_dtypes(new_state, state)
     chex.assert_shape(out, (batch, K))
     chex.assert_type(out, jnp.float32)
 
@@ -236,6 +234,25 @@ def test_pool_variant_changes_the_module():
   with pytest.raises(ValueError, match="pool"):
     bad = zoo.get("cnn_bn_mnist", pool="median")
     bad.init(jax.random.PRNGKey(0), bad.example_input())
+
+
+def test_pool_is_a_function_named_in_the_config():
+  """The module takes the pooling function; the config's name resolves to
+  it (`pool = "avg"` is hk.avg_pool)."""
+  from zoo.models import cnn_bn, pooling
+  entry = zoo.get("cnn_bn_fashion_mnist", pool="avg")
+  direct = hk.transform_with_state(
+      lambda x: cnn_bn.BatchNormCNN(K, pool=hk.avg_pool)(x))
+  params, state = _init("cnn_bn_fashion_mnist")
+  x = _images(3, seed=2)
+  out, _ = jax.jit(direct.apply)(params, state, None, x)
+  chex.assert_trees_all_close(
+      out, jax.jit(entry.apply_with_state)(params, state, None, x)[0])
+  assert pooling.get("avg") is hk.avg_pool
+  assert pooling.get("max") is pooling.max_pool
+  assert pooling.name_of(hk.avg_pool) == "avg"
+  with pytest.raises(ValueError, match="did you mean max"):
+    pooling.get("maxx")
 
 
 # -- LSTM sequence mask ----------------------------------------------------------
