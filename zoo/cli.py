@@ -32,9 +32,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def layer_summary(entry) -> list[tuple[str, str, int]]:
   """(module, parameter shapes, count) per Haiku module, in init order."""
   import jax
-  shapes = jax.eval_shape(entry.transformed.init, jax.random.PRNGKey(0),
-                          entry.example_input())
-  params = shapes[0] if entry.stateful else shapes
+  params, _ = jax.eval_shape(entry.init_with_state, jax.random.PRNGKey(0),
+                             entry.example_input())
   rows = []
   for module, leaves in params.items():
     desc = ", ".join(f"{k}{tuple(v.shape)}" for k, v in leaves.items())

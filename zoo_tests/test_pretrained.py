@@ -26,9 +26,9 @@ def test_measured_fashion_models_ship_weights():
 def test_pretrained_weights_reproduce_recorded_accuracy(name):
   entry = zoo.get(name, pretrained=True)
   record = entry.baseline["pretrained"]
-  fresh = entry.init(jax.random.PRNGKey(0), entry.example_input())
-  chex.assert_trees_all_equal_shapes(
-      entry.params, fresh[0] if entry.stateful else fresh)
+  fresh, _ = entry.init_with_state(jax.random.PRNGKey(0),
+                                   entry.example_input())
+  chex.assert_trees_all_equal_shapes(entry.params, fresh)
   result = evaluate_model(entry, entry.params, entry.model_state)
   expected = 2000 if entry.config["data"]["classes"] else 10000
   assert result["examples"] == expected

@@ -25,10 +25,7 @@ def init_state(entry, tx, seed: int) -> TrainState:
   """Initializes parameters (and model state) of `entry` from `seed`."""
   init_key, rng = jax.random.split(jax.random.PRNGKey(seed))
   x = entry.example_input()
-  if entry.stateful:
-    params, model_state = entry.transformed.init(init_key, x, is_training=True)
-  else:
-    params, model_state = entry.transformed.init(init_key, x, is_training=True), {}
+  params, model_state = entry.init_with_state(init_key, x, is_training=True)
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
       opt_state=tx.init(params), rng=rng,

@@ -45,12 +45,10 @@ def all_finite(tree) -> jax.Array:
 
 
 def forward(entry, params, model_state, rng, images, is_training):
-  """Logits and new model state, for stateless and stateful models alike."""
-  if entry.stateful:
-    return entry.transformed.apply(params, model_state, rng, images,
-                                   is_training=is_training)
-  return entry.transformed.apply(params, rng, images,
-                                 is_training=is_training), model_state
+  """Logits and new model state, for stateless and stateful models alike
+  (the state of a stateless model is {})."""
+  return entry.apply_with_state(params, model_state, rng, images,
+                                is_training=is_training)
 
 
 def compute_policy(compute_dtype: str) -> jmp.Policy | None:

@@ -22,9 +22,9 @@ log = logging.getLogger("zoo.checkpoint")
 
 def template(entry):
   """(params, model_state) shapes of `entry`, with no device work."""
-  shapes = jax.eval_shape(entry.transformed.init, jax.random.PRNGKey(0),
-                          entry.example_input())
-  params, model_state = shapes if entry.stateful else (shapes, {})
+  params, model_state = jax.eval_shape(entry.init_with_state,
+                                       jax.random.PRNGKey(0),
+                                       entry.example_input())
   zeros = lambda t: jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), t)
   return zeros(params), zeros(model_state)
 
