@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from zoo import cli
+from zoo.cli import info as cli_info
 from zoo import data as zoo_data
 from zoo.errors import DistributedError, ZooError
 from zoo.train import distributed, loop
@@ -129,7 +130,7 @@ def test_a_multi_line_zoo_error_prints_one_line(capsys, monkeypatch):
   def fail(args):
     raise ZooError("dataset not found. Places looked:\n  - /a\n  - /b\n"
                    "How to get it:\n  - download it")
-  monkeypatch.setattr(cli, "_cmd_info", fail)
+  monkeypatch.setattr(cli_info, "run", fail)
   err = _one_line_error(capsys, "info", MODEL)
   assert err == ("zoo: error: dataset not found. Places looked: - /a - /b "
                  "How to get it: - download it\n")
@@ -141,7 +142,7 @@ def test_a_bug_is_not_swallowed(monkeypatch):
   for exc in (KeyError("oops"), FileNotFoundError("oops")):
     def fail(args, exc=exc):
       raise exc
-    monkeypatch.setattr(cli, "_cmd_info", fail)
+    monkeypatch.setattr(cli_info, "run", fail)
     with pytest.raises(type(exc)):
       cli.main(["info", MODEL])
 
@@ -149,7 +150,7 @@ def test_a_bug_is_not_swallowed(monkeypatch):
 def test_interrupt_is_130(capsys, monkeypatch):
   def interrupt(args):
     raise KeyboardInterrupt
-  monkeypatch.setattr(cli, "_cmd_info", interrupt)
+  monkeypatch.setattr(cli_info, "run", interrupt)
   assert cli.main(["info", MODEL]) == 130
   assert capsys.readouterr().err == "zoo: interrupted\n"
 

@@ -8,6 +8,7 @@ import pytest
 
 import zoo
 from zoo import cli
+from zoo.cli import info as cli_info
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -83,7 +84,7 @@ def test_info_counts(capsys, name, count):
 def test_info_layer_summary_matches_param_count():
   for name in zoo.list_models():
     entry = zoo.get(name)
-    rows = cli.layer_summary(entry)
+    rows = cli_info.layer_summary(entry)
     assert sum(r[2] for r in rows) == entry.param_count()
 
 

@@ -1,38 +1,19 @@
-"""`zoo train` and `zoo eval`: thin wrappers over zoo.train and zoo.evaluate."""
+"""`zoo train NAME`: validate every flag, join the multi-host job if any,
+train (resuming in --workdir), print the result."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from zoo import config as config_lib
+from zoo.cli.common import add_common, parse_sets
 from zoo.errors import ConfigValueError
 from zoo.train import distributed, peers
 
 
-def _parse_sets(items) -> dict:
-  out = {}
-  for item in items or []:
-    if "=" not in item:
-      raise config_lib.ConfigError(
-          f"--set {item!r}: write key=value, e.g. optimizer.learning_rate=3e-4")
-    key, value = item.split("=", 1)
-    out[key.strip()] = config_lib.parse_value(value.strip())
-  return out
-
-
-def _add_common(p: argparse.ArgumentParser) -> None:
-  p.add_argument("name", help="registered model (see `zoo list`)")
-  p.add_argument("--data-dir", default=None,
-                 help="TFDS data dir or folder with IDX files "
-                      "(default: $ZOO_DATA_DIR, $TFDS_DATA_DIR, system paths)")
-  p.add_argument("--workdir", default=None, help="run directory")
-
-
-def _add_train(sub) -> None:
+def add(sub) -> None:
   p = sub.add_parser("train", help="train a model (resumes in --workdir)")
-  _add_common(p)
+  add_common(p)
   p.add_argument("--epochs", type=int)
   p.add_argument("--batch-size", type=int, help="global batch size")
   p.add_argument("--seed", type=int)
@@ -59,7 +40,7 @@ def _add_train(sub) -> None:
   p.add_argument("--no-progress", action="store_true",
                  help="a line per epoch instead of a progress bar (the "
                       "default when not a terminal)")
-  p.set_defaults(func=run_train)
+  p.set_defaults(func=run)
 
 
 # Flags that set a config key (attribute -> key): an error about the key
@@ -78,7 +59,7 @@ def _check_train_args(args: argparse.Namespace) -> dict:
   distributed.check_flags(args.coordinator_address, args.num_processes,
                           args.process_id, args.init_timeout,
                           args.peer_timeout)
-  overrides = _parse_sets(args.set)
+  overrides = parse_sets(args.set)
   for attr, key in _FLAG_KEYS.items():
     if getattr(args, attr) is not None:
       overrides[key] = getattr(args, attr)
@@ -99,7 +80,7 @@ def _with_flags(entry, overrides: dict, args: argparse.Namespace):
     raise
 
 
-def run_train(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
   from zoo import registry
   # Validate everything before any device work.
   overrides = _check_train_args(args)
@@ -133,66 +114,3 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"results in {Path(args.workdir).resolve()}: result.json, "
           "metrics.jsonl, learning_curve.png, checkpoints/")
   return 0
-
-
-def _add_eval(sub) -> None:
-  p = sub.add_parser("eval", help="evaluate saved parameters on the test set")
-  _add_common(p)
-  p.add_argument("--weights", default=None,
-                 help=".npz weights file (default: newest checkpoint in "
-                      "--workdir)")
-  p.add_argument("--split", default=None, help="split, default the test split")
-  p.set_defaults(func=run_eval)
-
-
-def _flat_overrides(cfg: dict, prefix: str = "") -> dict:
-  """A resolved config as dotted-key overrides ({"train.epochs": 2, ...})."""
-  out = {}
-  for key, value in cfg.items():
-    if isinstance(value, dict):
-      out.update(_flat_overrides(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
-def run_eval(args: argparse.Namespace) -> int:
-  """Evaluates --weights, or the newest good checkpoint of --workdir. With
-  --workdir the run's own resolved config is used (model settings, test
-  split, classes, eval batch), so the accuracy is result.json's."""
-  from zoo import registry
-  from zoo.train import weights
-  from zoo.train.evaluate import evaluate_model
-  if not args.weights and not args.workdir:
-    raise config_lib.ConfigError("zoo eval needs --workdir DIR (a zoo train "
-                                 "run) or --weights FILE (.npz).")
-  if args.workdir and not Path(args.workdir).is_dir():
-    raise config_lib.ConfigError(f"--workdir {args.workdir}: no such "
-                                 "directory; give the --workdir of a zoo "
-                                 "train run.")
-  if args.weights and not (Path(args.weights).is_file() or
-                           Path(args.weights).is_dir()):
-    raise config_lib.ConfigError(f"--weights {args.weights}: no such file; "
-                                 "give a .npz weights file (zoo.train.weights"
-                                 ".save writes one) or a checkpoint directory "
-                                 "(DIR/checkpoints/step_N).")
-  entry = registry.get(args.name)
-  def run_entry(cfg):
-    if cfg.get("name") and cfg["name"] != entry.name:
-      raise config_lib.ConfigError(
-          f"{args.workdir} holds a run of {cfg['name']!r}, not "
-          f"{entry.name!r}: run `zoo eval {cfg['name']} --workdir "
-          f"{args.workdir}`.")
-    return registry.with_config(entry, _flat_overrides(cfg))
-
-  if args.workdir:  # the run's own config; its checkpoint is read once
-    entry, params, model_state = weights.load_run(args.workdir, run_entry)
-  if args.weights:
-    params, model_state = weights.load(entry, args.weights)
-  res = evaluate_model(entry, params, model_state, data_dir=args.data_dir,
-                       split=args.split)
-  print(json.dumps(res, indent=1))
-  return 0
-
-
-COMMANDS = [_add_train, _add_eval]

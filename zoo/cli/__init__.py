@@ -1,0 +1,50 @@
+"""The `zoo` command, one file per subcommand: list | info | train | eval |
+baselines.
+
+Errors the user can fix (bad name, bad key, missing data, bad flags) are
+ZooErrors: they print one line `zoo: error: ...` and exit with status 2, as
+argparse's usage errors do; a traceback means a bug in zoo.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from zoo.errors import ZooError
+
+def one_line(message: str) -> str:
+  """`message` on one line: its lines joined, indentation dropped."""
+  return " ".join(line.strip() for line in str(message).splitlines()
+                  if line.strip())
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse with one-line usage errors (status 2), like every zoo error."""
+
+  def error(self, message: str):
+    self.exit(2, f"zoo: error: {one_line(message)} (see `{self.prog} "
+                 "--help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  """The parser of every subcommand (each module's `add` registers its own)."""
+  from zoo.cli import baselines, evaluate, info, listing, train
+  parser = _Parser(
+      prog="zoo", description="A model zoo for JAX built on Haiku.")
+  sub = parser.add_subparsers(dest="command", required=True)
+  for command in (listing, info, train, evaluate, baselines):
+    command.add(sub)
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  try:
+    return args.func(args)
+  except ZooError as e:
+    print(f"zoo: error: {one_line(e)}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print("zoo: interrupted", file=sys.stderr)
+    return 130

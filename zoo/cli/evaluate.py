@@ -1,0 +1,70 @@
+"""`zoo eval NAME (--workdir DIR | --weights FILE)`: evaluate saved
+parameters on the test split (or --split)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from zoo import config as config_lib
+from zoo.cli.common import add_common
+
+
+def add(sub) -> None:
+  p = sub.add_parser("eval", help="evaluate saved parameters on the test set")
+  add_common(p)
+  p.add_argument("--weights", default=None,
+                 help=".npz weights file (default: newest checkpoint in "
+                      "--workdir)")
+  p.add_argument("--split", default=None, help="split, default the test split")
+  p.set_defaults(func=run)
+
+
+def _flat_overrides(cfg: dict, prefix: str = "") -> dict:
+  """A resolved config as dotted-key overrides ({"train.epochs": 2, ...})."""
+  out = {}
+  for key, value in cfg.items():
+    if isinstance(value, dict):
+      out.update(_flat_overrides(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def run(args: argparse.Namespace) -> int:
+  """Evaluates --weights, or the newest good checkpoint of --workdir. With
+  --workdir the run's own resolved config is used (model settings, test
+  split, classes, eval batch), so the accuracy is result.json's."""
+  from zoo import registry
+  from zoo.train import weights
+  from zoo.train.evaluate import evaluate_model
+  if not args.weights and not args.workdir:
+    raise config_lib.ConfigError("zoo eval needs --workdir DIR (a zoo train "
+                                 "run) or --weights FILE (.npz).")
+  if args.workdir and not Path(args.workdir).is_dir():
+    raise config_lib.ConfigError(f"--workdir {args.workdir}: no such "
+                                 "directory; give the --workdir of a zoo "
+                                 "train run.")
+  if args.weights and not (Path(args.weights).is_file() or
+                           Path(args.weights).is_dir()):
+    raise config_lib.ConfigError(f"--weights {args.weights}: no such file; "
+                                 "give a .npz weights file (zoo.train.weights"
+                                 ".save writes one) or a checkpoint directory "
+                                 "(DIR/checkpoints/step_N).")
+  entry = registry.get(args.name)
+  def run_entry(cfg):
+    if cfg.get("name") and cfg["name"] != entry.name:
+      raise config_lib.ConfigError(
+          f"{args.workdir} holds a run of {cfg['name']!r}, not "
+          f"{entry.name!r}: run `zoo eval {cfg['name']} --workdir "
+          f"{args.workdir}`.")
+    return registry.with_config(entry, _flat_overrides(cfg))
+
+  if args.workdir:  # the run's own config; its checkpoint is read once
+    entry, params, model_state = weights.load_run(args.workdir, run_entry)
+  if args.weights:
+    params, model_state = weights.load(entry, args.weights)
+  res = evaluate_model(entry, params, model_state, data_dir=args.data_dir,
+                       split=args.split)
+  print(json.dumps(res, indent=1))
+  return 0

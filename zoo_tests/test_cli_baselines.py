@@ -1,0 +1,39 @@
+"""`zoo baselines`: README and curves are written only where named."""
+import shutil
+from pathlib import Path
+
+from zoo import cli
+from zoo.train import baselines
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_table_is_rewritten_only_in_the_named_readme(tmp_path, capsys):
+  readme = tmp_path / "README.md"
+  readme.write_text(f"intro\n{baselines.TABLE_BEGIN}\nstale\n"
+                    f"{baselines.TABLE_END}\noutro\n")
+  curves = tmp_path / "docs" / "baselines"
+  curves.mkdir(parents=True)
+  shutil.copy(REPO / "docs" / "baselines" / "cnn_fashion_mnist.png", curves)
+  assert cli.main(["baselines", "cnn_fashion_mnist", "--table", "--readme",
+                   str(readme), "--curves-dir", str(curves)]) == 0
+  text = readme.read_text()
+  assert text.startswith("intro\n") and text.endswith("outro\n")
+  assert "stale" not in text
+  row = next(l for l in text.splitlines() if l.startswith(
+      "| `cnn_fashion_mnist` |"))
+  assert "[png](docs/baselines/cnn_fashion_mnist.png)" in row
+  # A model without a curve there gets no link.
+  assert "[png]" not in next(l for l in text.splitlines() if l.startswith(
+      "| `mlp_fashion_mnist` |"))
+
+
+def test_table_needs_a_named_readme_with_markers(tmp_path, capsys):
+  assert cli.main(["baselines", "--table"]) == 2
+  assert "--readme" in capsys.readouterr().err
+  plain = tmp_path / "README.md"
+  plain.write_text("no markers here\n")
+  assert cli.main(["baselines", "--table", "--readme", str(plain)]) == 2
+  err = capsys.readouterr().err
+  assert "no baseline table markers" in err and err.count("\n") == 1
+  assert plain.read_text() == "no markers here\n"
