@@ -22,6 +22,7 @@ import zlib
 from pathlib import Path
 from typing import Callable, Mapping
 
+import jax
 import numpy as np
 
 from zoo.errors import ZooError
@@ -143,7 +144,7 @@ class NpzReader:
     if not head.startswith(b"PK"):
       if head.startswith(b"\x93NUM"):
         raise self._error("this is a single .npy array, not an .npz archive: "
-                          "save weights with zoo.train.weights.save.")
+                          "save weights with zoo.weights.save.")
       raise CheckpointError(f"{self.path} {_NOT_NPZ}.")
     self._file.seek(0)
     try:
@@ -328,3 +329,47 @@ def _open(path: Path):
                           "its permissions.") from None
   except OSError as e:
     raise CheckpointError(f"{path} cannot be read: {e}") from None
+
+
+# --- trees <-> {path: array}, as .npz members are named -----------------
+
+def flatten(tree) -> dict[str, np.ndarray]:
+  """{tree path: numpy leaf} for any pytree of arrays."""
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(p): np.asarray(leaf) for p, leaf in flat}
+
+
+def specs(tree) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+  """{tree path: (shape, dtype)} of `tree`'s leaves, keyed like `flatten`:
+  what read_npz checks each member's header against before reading it."""
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  out = {}
+  for p, leaf in flat:
+    if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
+      leaf = np.asarray(leaf)
+    out[jax.tree_util.keystr(p)] = (tuple(leaf.shape), np.dtype(leaf.dtype))
+  return out
+
+
+def unflatten(template, arrays: dict[str, np.ndarray], what: str):
+  """Rebuilds `template`'s structure from `arrays`, checking every path,
+  shape and dtype; raises CheckpointError naming the first mismatch."""
+  flat, treedef = jax.tree_util.tree_flatten_with_path(template)
+  expected = {jax.tree_util.keystr(p) for p, _ in flat}
+  missing = sorted(expected - set(arrays))
+  extra = sorted(set(arrays) - expected)
+  if missing or extra:
+    raise CheckpointError(
+        f"{what} does not match the model: missing {missing[:5]}, "
+        f"unexpected {extra[:5]}. Was it saved for another model or config?")
+  leaves = []
+  for path, leaf in flat:
+    key = jax.tree_util.keystr(path)
+    got = arrays[key]
+    want = np.asarray(leaf)
+    if got.shape != want.shape or got.dtype != want.dtype:
+      raise CheckpointError(
+          f"{what}: {key} has shape {got.shape} dtype {got.dtype}, the model "
+          f"expects shape {want.shape} dtype {want.dtype}.")
+    leaves.append(got)
+  return jax.tree_util.tree_unflatten(treedef, leaves)

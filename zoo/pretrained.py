@@ -32,7 +32,7 @@ def sha256(file: Path) -> str:
 
 def attach(entry):
   """`entry` with `.params` (and `.model_state`) set to its shipped weights."""
-  from zoo.train import weights
+  from zoo import weights
   record = (entry.baseline or {}).get("pretrained")
   file = path(entry.name)
   if not record or not file.is_file():
@@ -62,11 +62,11 @@ def _not_available(entry) -> str:
             "which those weights were not trained for. Drop the overrides to "
             f"load them, or train the changed model: zoo train {entry.name} "
             f"{sets} --workdir DIR, then load it with "
-            "zoo.train.weights.from_workdir.")
+            "zoo.train.run_weights.from_workdir.")
   return (f"no pretrained weights ship for {entry.name!r}"
           + ("" if entry.baseline else " (its baseline was not measured here)")
           + f". Train them: zoo train {entry.name} --workdir DIR, then load "
-          "with zoo.train.weights.from_workdir, or measure the baseline with "
+          "with zoo.train.run_weights.from_workdir, or measure the baseline with "
           f"zoo baselines {entry.name}.")
 
 

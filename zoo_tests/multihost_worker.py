@@ -32,7 +32,7 @@ def main():
 def run_training(out):
   """Trains mlp for one short epoch; writes the parameters and the result."""
   import jax
-  from zoo.train import weights
+  from zoo import weights
   from zoo.train.loop import train
   result = train("mlp_fashion_mnist", strategy="pmap", progress=False,
                  epochs=1, batch_size=64,

@@ -21,7 +21,8 @@ from zoo import cli, registry
 from zoo import data as zoo_data
 from zoo.errors import ZooError
 from zoo.train import checkpoint as ckpt_lib
-from zoo.train import loop, weights
+from zoo import weights
+from zoo.train import loop
 from zoo.train.fingerprint import params_sha256
 from zoo.train.optim import optimizer
 from zoo.train.state import init_state

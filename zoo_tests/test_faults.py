@@ -21,7 +21,8 @@ import pytest
 from zoo import cli, registry
 from zoo import data as zoo_data
 from zoo.train import checkpoint as ckpt_lib
-from zoo.train import loop, weights
+from zoo import weights
+from zoo.train import loop
 from zoo.train.preemption import Preemption
 
 REPO = Path(__file__).resolve().parent.parent

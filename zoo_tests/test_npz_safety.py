@@ -23,7 +23,8 @@ import zoo
 from zoo import cli, npz, pretrained, registry
 from zoo.errors import ZooError
 from zoo.train import checkpoint as ckpt_lib
-from zoo.train import weights
+from zoo import weights
+from zoo.train import run_weights
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "logreg_fashion_mnist"  # params: .../linear w (784, 10), b (10,)
@@ -184,7 +185,7 @@ _MEASURE = textwrap.dedent("""
     import json, sys
     import numpy as np
     from zoo import npz, registry
-    from zoo.train import weights
+    from zoo import weights
 
     def peak_mb():  # this process's peak resident memory (VmHWM)
       for line in open("/proc/self/status"):
@@ -369,7 +370,7 @@ def test_missing_file_is_a_zoo_error_saying_what_to_do(tmp_path):
   assert isinstance(info.value, FileNotFoundError)
   assert str(path) in str(info.value) and "zoo train" in str(info.value)
   with pytest.raises(npz.WeightsNotFoundError, match="zoo train"):
-    weights.from_workdir(registry.get(MODEL), tmp_path)
+    run_weights.from_workdir(registry.get(MODEL), tmp_path)
 
 
 def test_directory_empty_truncated_and_npy_each_say_so(tmp_path):
@@ -463,4 +464,4 @@ def test_checkpoint_restore_refuses_a_bomb_in_its_arrays(tmp_path):
   (path / ckpt_lib.DIGESTS).write_text(json.dumps(digests))
   with pytest.raises(npz.CheckpointError,
                      match=r"\['w'\] has shape \(536870912,\)"):
-    weights.from_workdir(entry, tmp_path)
+    run_weights.from_workdir(entry, tmp_path)

@@ -35,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
   """Evaluates --weights, or the newest good checkpoint of --workdir. With
   --workdir the run's own resolved config is used (model settings, test
   split, classes, eval batch), so the accuracy is result.json's."""
-  from zoo import registry
-  from zoo.train import weights
+  from zoo import registry, weights
+  from zoo.train import run_weights
   from zoo.train.evaluate import evaluate_model
   if not args.weights and not args.workdir:
     raise config_lib.ConfigError("zoo eval needs --workdir DIR (a zoo train "
@@ -48,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
   if args.weights and not (Path(args.weights).is_file() or
                            Path(args.weights).is_dir()):
     raise config_lib.ConfigError(f"--weights {args.weights}: no such file; "
-                                 "give a .npz weights file (zoo.train.weights"
-                                 ".save writes one) or a checkpoint directory "
+                                 "give a .npz weights file (zoo.weights.save "
+                                 "writes one) or a checkpoint directory "
                                  "(DIR/checkpoints/step_N).")
   entry = registry.get(args.name)
   def run_entry(cfg):
@@ -61,8 +61,11 @@ def run(args: argparse.Namespace) -> int:
     return registry.with_config(entry, _flat_overrides(cfg))
 
   if args.workdir:  # the run's own config; its checkpoint is read once
-    entry, params, model_state = weights.load_run(args.workdir, run_entry)
-  if args.weights:
+    entry, params, model_state = run_weights.load_run(args.workdir,
+                                                      run_entry)
+  if args.weights and run_weights.is_checkpoint_dir(args.weights):
+    params, model_state = run_weights.load_checkpoint(entry, args.weights)
+  elif args.weights:
     params, model_state = weights.load(entry, args.weights)
   res = evaluate_model(entry, params, model_state, data_dir=args.data_dir,
                        split=args.split)

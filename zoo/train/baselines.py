@@ -29,8 +29,7 @@ def measure(name: str, seeds: int = 3, *, data_dir: str | None = None,
   seed 0's learning curve is copied into `curves_dir` if given."""
   from zoo.train.loop import train
   entry = registry.get(name)
-  from zoo import pretrained
-  from zoo.train import weights
+  from zoo import pretrained, weights
   results = []
   for seed in range(seeds):
     workdir = Path(runs_dir) / name / f"seed{seed}"

@@ -46,7 +46,8 @@ import orbax.checkpoint as ocp
 
 from zoo.errors import ZooError
 # The .npz reading and writing live in zoo.npz; re-exported here.
-from zoo.npz import CheckpointError, read_npz, write_npz  # noqa: F401
+from zoo.npz import (CheckpointError, flatten, read_npz, specs,  # noqa: F401
+                     unflatten, write_npz)
 
 log = logging.getLogger("zoo.checkpoint")
 
@@ -56,48 +57,6 @@ def _sha256(path: Path) -> str:
     for block in iter(lambda: f.read(1 << 20), b""):
       h.update(block)
   return h.hexdigest()
-
-
-def flatten(tree) -> dict[str, np.ndarray]:
-  """{tree path: numpy leaf} for any pytree of arrays."""
-  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {jax.tree_util.keystr(p): np.asarray(leaf) for p, leaf in flat}
-
-
-def specs(tree) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-  """{tree path: (shape, dtype)} of `tree`'s leaves, keyed like `flatten`:
-  what read_npz checks each member's header against before reading it."""
-  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  out = {}
-  for p, leaf in flat:
-    if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
-      leaf = np.asarray(leaf)
-    out[jax.tree_util.keystr(p)] = (tuple(leaf.shape), np.dtype(leaf.dtype))
-  return out
-
-
-def unflatten(template, arrays: dict[str, np.ndarray], what: str):
-  """Rebuilds `template`'s structure from `arrays`, checking every path,
-  shape and dtype; raises CheckpointError naming the first mismatch."""
-  flat, treedef = jax.tree_util.tree_flatten_with_path(template)
-  expected = {jax.tree_util.keystr(p) for p, _ in flat}
-  missing = sorted(expected - set(arrays))
-  extra = sorted(set(arrays) - expected)
-  if missing or extra:
-    raise CheckpointError(
-        f"{what} does not match the model: missing {missing[:5]}, "
-        f"unexpected {extra[:5]}. Was it saved for another model or config?")
-  leaves = []
-  for path, leaf in flat:
-    key = jax.tree_util.keystr(path)
-    got = arrays[key]
-    want = np.asarray(leaf)
-    if got.shape != want.shape or got.dtype != want.dtype:
-      raise CheckpointError(
-          f"{what}: {key} has shape {got.shape} dtype {got.dtype}, the model "
-          f"expects shape {want.shape} dtype {want.dtype}.")
-    leaves.append(got)
-  return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 class LegacyCheckpointError(ZooError):

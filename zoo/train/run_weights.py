@@ -1,0 +1,89 @@
+"""Weights of a training run: its newest good checkpoint (orbax's, or an
+older zoo's arrays.npz, still readable for evaluation), or one checkpoint
+directory. Used by `zoo eval --workdir` and `--weights DIR/checkpoints/step_N`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from zoo import npz, weights
+from zoo.train import checkpoint as ckpt_lib
+
+log = logging.getLogger("zoo.checkpoint")
+
+
+def is_checkpoint_dir(path: str | os.PathLike) -> bool:
+  """Whether `path` names a step directory (`.../step_N`)."""
+  path = Path(path)
+  return (path.is_dir() and not path.is_symlink()
+          and path.name.startswith("step_") and path.name[5:].isdigit())
+
+
+def load_checkpoint(entry, path: str | os.PathLike):
+  """(params, model_state) for `entry` from one checkpoint directory."""
+  path = Path(path)
+  manager = ckpt_lib.CheckpointManager(path.parent)
+  try:
+    if not is_checkpoint_dir(path) or int(path.name[5:]) not in manager.steps():
+      raise ckpt_lib.CheckpointError(f"{path} is not a zoo checkpoint "
+                                     "directory.")
+    return _load_step(manager, int(path.name[5:]), lambda config: entry)[1:]
+  finally:
+    manager.close()
+
+
+def _newest(workdir: str | os.PathLike, entry_for_config):
+  """(entry, params, model_state) from the newest checkpoint of a run that
+  loads and verifies (damaged ones are skipped with a warning), where
+  entry = entry_for_config(the run's resolved config)."""
+  manager = ckpt_lib.CheckpointManager(Path(workdir) / "checkpoints")
+  steps = manager.steps()
+  if not steps:
+    raise npz.WeightsNotFoundError(
+        f"no checkpoint in {workdir}/checkpoints: train first (zoo train "
+        f"NAME --workdir {workdir}).")
+  errors = []
+  try:
+    for step in reversed(steps):
+      try:
+        return _load_step(manager, step, entry_for_config)
+      except ckpt_lib.CheckpointError as e:
+        log.warning("skipping checkpoint: %s", e)
+        errors.append(str(e))
+  finally:
+    manager.close()
+  raise ckpt_lib.CheckpointError(f"every checkpoint in {workdir} is damaged: "
+                                 + "; ".join(errors))
+
+
+def _load_step(manager, step: int, entry_for_config):
+  """One checkpoint's entry and weights: orbax's, or an older zoo's
+  arrays.npz (still readable for evaluation)."""
+  path = manager.path(step)
+  if manager.is_legacy(step):
+    meta = ckpt_lib.verify_legacy(path)
+  else:
+    meta = manager.read_meta(step)
+  if not isinstance(meta.get("config"), dict):
+    raise ckpt_lib.CheckpointError(f"{path} holds no config.")
+  entry = entry_for_config(meta["config"])
+  if manager.is_legacy(step):
+    params, model_state = weights.read(
+        entry, path / ckpt_lib.LEGACY_ARRAYS, str(path))
+  else:
+    params, model_state = manager.restore_weights(
+        step, *weights.template(entry))
+  return entry, params, model_state
+
+
+def load_run(workdir: str | os.PathLike, entry_for_config):
+  """Loads a run's newest good checkpoint once: returns (entry, params,
+  model_state), where entry = entry_for_config(the run's resolved config)."""
+  return _newest(workdir, entry_for_config)
+
+
+def from_workdir(entry, workdir: str | os.PathLike):
+  """(params, model_state) from the newest good checkpoint of a run."""
+  return _newest(workdir, lambda config: entry)[1:]
