@@ -71,8 +71,7 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
                if workdir is not None else None)
     ckpts = stack.enter_context(run_lib.RunCheckpoints(run_dir, run))
     host_state, meta = ckpts.restore(resume)
-    step = int(host_state.step)
-    history = meta.get("history", [])
+    step, history = int(host_state.step), meta.get("history", [])
     writer = stack.enter_context(RunWriter(
         run_dir, run.entry.name, mode, total_steps=run.total_steps, step=step))
     if meta:
@@ -84,27 +83,12 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
                           run.test_split.labels, tcfg["eval_batch_size"],
                           strategy=run.strat)
     preempt = stack.enter_context(Preemption())
-    train_seconds, images_seen = 0.0, 0
+    trained = EpochSums()  # seconds and images of this invocation
     while step < run.total_steps:
-      epoch, offset = divmod(step, run.steps_per_epoch)
-      sums = EpochSums.resumed(meta, step) if offset else EpochSums()
-      while offset < run.steps_per_epoch:
-        at = step
-        chunk = runner.run(epoch, offset, run.chunk_end(step), preempt,
-                           lambda done, *m: writer.steps(at + done, *m))
-        sums.add(chunk)
-        offset, step = offset + chunk.steps, step + chunk.steps
-        writer.steps(step, chunk.losses[-1], chunk.accuracies[-1],
-                     chunk.images / max(chunk.seconds, 1e-9))
-        runner.check_finite(ckpts.last)
-        # Mid-epoch saves here; the epoch's own is below, after evaluation.
-        if offset < run.steps_per_epoch and (preempt.requested or
-                                             run.is_checkpoint_step(step)):
-          ckpts.save(runner.host_state(), history, sums.partial())
-          if preempt.requested:
-            raise Preempted.saved(step, ckpts.last)
-      train_seconds += sums.seconds
-      images_seen += sums.images
+      epoch, step, sums = _run_epoch(run, runner, ckpts, writer, preempt,
+                                     history, meta, step)
+      trained.seconds += sums.seconds
+      trained.images += sums.images
       state = runner.host_state()
       history.append(_epoch_row(epoch, step, sums, evaluator(
           state.params, state.model_state), time.perf_counter() - t_start))
@@ -114,13 +98,39 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
         ckpts.save(state, history, None)
       if preempt.requested and step < run.total_steps:
         raise Preempted.saved(step, ckpts.last)
-
     state = runner.host_state()
     result = _result(run, state, evaluator(state.params, state.model_state),
-                     train_seconds, images_seen, runner, t_start)
-    writer.result(result, history, ckpts.last, trained=bool(images_seen))
+                     trained, runner, t_start)
+    writer.result(result, history, ckpts.last, trained=bool(trained.images))
   return TrainResult(params=state.params, model_state=state.model_state,
                      history=history, result=result, entry=run.entry)
+
+
+def _run_epoch(run, runner: StepRunner, ckpts, writer, preempt, history,
+               meta, step: int) -> tuple[int, int, EpochSums]:
+  """Runs the rest of the epoch that global `step` is in, chunk by chunk
+  (a chunk ends at a checkpoint step or the epoch's end), saving mid-epoch
+  checkpoints; returns (epoch, the step it ended at, its running sums).
+  Raises NonFiniteError at a non-finite step, Preempted after a SIGTERM
+  save."""
+  epoch, offset = divmod(step, run.steps_per_epoch)
+  sums = EpochSums.resumed(meta, step) if offset else EpochSums()
+  while offset < run.steps_per_epoch:
+    at = step
+    chunk = runner.run(epoch, offset, run.chunk_end(step), preempt,
+                       lambda done, *m: writer.steps(at + done, *m))
+    sums.add(chunk)
+    offset, step = offset + chunk.steps, step + chunk.steps
+    writer.steps(step, chunk.losses[-1], chunk.accuracies[-1],
+                 chunk.images / max(chunk.seconds, 1e-9))
+    runner.check_finite(ckpts.last)
+    # Mid-epoch saves here; the epoch's own is after its evaluation.
+    if offset < run.steps_per_epoch and (preempt.requested or
+                                         run.is_checkpoint_step(step)):
+      ckpts.save(runner.host_state(), history, sums.partial())
+      if preempt.requested:
+        raise Preempted.saved(step, ckpts.last)
+  return epoch, step, sums
 
 
 def _epoch_row(epoch: int, step: int, sums: EpochSums, ev: dict[str, Any],
@@ -134,9 +144,8 @@ def _epoch_row(epoch: int, step: int, sums: EpochSums, ev: dict[str, Any],
           "seconds": sums.seconds, "wall_seconds": wall_seconds}
 
 
-def _result(run, state, final: dict[str, Any], train_seconds: float,
-            images_seen: int, runner: StepRunner, t_start: float
-            ) -> dict[str, Any]:
+def _result(run, state, final: dict[str, Any], trained: EpochSums,
+            runner: StepRunner, t_start: float) -> dict[str, Any]:
   """result.json: the final evaluation, timings, layout and fingerprint."""
   strat = run.strat
   return {
@@ -147,8 +156,8 @@ def _result(run, state, final: dict[str, Any], train_seconds: float,
       "test_examples": final["examples"],
       "epochs": run.config["train"]["epochs"],
       "steps": int(state.step),
-      "train_images_per_second": (images_seen / train_seconds
-                                  if train_seconds else None),
+      "train_images_per_second": (trained.images / trained.seconds
+                                  if trained.seconds else None),
       "compile_seconds": runner.compile_seconds,
       "wall_seconds": time.perf_counter() - t_start,
       "devices": strat.num_devices,

@@ -62,19 +62,10 @@ def compute_policy(compute_dtype: str) -> jmp.Policy | None:
                     output_dtype=jnp.float32)
 
 
-def make_train_step(entry, tx: optax.GradientTransformation, *,
-                    axis_name: str | None = None,
-                    on_nonfinite: str = "stop") -> Callable[..., Any]:
-  """Returns the pure train step for registered model `entry`.
-
-  `on_nonfinite`: "stop" freezes the state at the first step whose loss or
-  gradients are not finite and records that step (the loop then stops with
-  an error, the last good state intact); "skip" drops that update and goes on.
-  """
-  l2 = entry.config["loss"]["l2"]
-  input_shape = entry.input_shape
-  policy = compute_policy(entry.config["train"]["compute_dtype"])
-
+def make_loss_fn(entry, policy: jmp.Policy | None, l2: float):
+  """`loss_fn(params, model_state, rng, images, labels) -> (total, (loss,
+  logits, new model state))`: the configured loss plus L2 on the weights,
+  the forward pass in `policy`'s compute dtype if one is given."""
   def loss_fn(params, model_state, rng, images, labels):
     if policy is None:
       logits, new_model_state = forward(entry, params, model_state, rng,
@@ -89,6 +80,50 @@ def make_train_step(entry, tx: optax.GradientTransformation, *,
     loss = entry.loss(logits, labels)
     total = loss + (losses.l2_regularization(params, l2) if l2 else 0.0)
     return total, (loss, logits, new_model_state)
+  return loss_fn
+
+
+def guarded_update(state: TrainState, tx: optax.GradientTransformation,
+                   grads, model_state, finite: jax.Array,
+                   on_nonfinite: str) -> TrainState:
+  """The optimizer update, applied only when `finite` (and, under "stop",
+  while no earlier step was non-finite); bookkeeping of the step counter,
+  the first non-finite step and the skipped updates."""
+  stopped = state.nonfinite_step >= 0
+  apply = finite & ~stopped if on_nonfinite == "stop" else finite
+
+  def update(state: TrainState) -> TrainState:
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    chex.assert_trees_all_equal_shapes(updates, state.params)
+    return state._replace(params=optax.apply_updates(state.params, updates),
+                          model_state=model_state, opt_state=opt_state)
+
+  # A cond, not a select over the whole state: only the branch taken runs
+  # (a `where` on every leaf cost the dense models 8-17% per step on CPU).
+  out = jax.lax.cond(apply, update, lambda state: state, state)
+  # A stopped run does not advance: it stays at the last good step. Under
+  # "skip" the step counter moves on past the dropped update.
+  advance = apply if on_nonfinite == "stop" else jnp.array(True)
+  return out._replace(
+      step=state.step + advance.astype(state.step.dtype),
+      nonfinite_step=jnp.where(~finite & ~stopped, state.step,
+                               state.nonfinite_step),
+      skipped=state.skipped + (~finite).astype(state.skipped.dtype))
+
+
+def make_train_step(entry, tx: optax.GradientTransformation, *,
+                    axis_name: str | None = None,
+                    on_nonfinite: str = "stop") -> Callable[..., Any]:
+  """Returns the pure train step for registered model `entry`.
+
+  `on_nonfinite`: "stop" freezes the state at the first step whose loss or
+  gradients are not finite and records that step (the loop then stops with
+  an error, the last good state intact); "skip" drops that update and goes on.
+  """
+  input_shape = entry.input_shape
+  loss_fn = make_loss_fn(entry,
+                         compute_policy(entry.config["train"]["compute_dtype"]),
+                         entry.config["loss"]["l2"])
 
   def train_step(state: TrainState, images: jax.Array, labels: jax.Array):
     chex.assert_rank(images, 4)
@@ -107,28 +142,8 @@ def make_train_step(entry, tx: optax.GradientTransformation, *,
     correct = jnp.mean((losses.predictions(logits) == labels)
                        .astype(jnp.float32))
     accuracy = _pmean(correct, axis_name)
-
     finite = jnp.isfinite(loss) & all_finite(grads)
-    stopped = state.nonfinite_step >= 0
-    apply = finite & ~stopped if on_nonfinite == "stop" else finite
-
-    def update(state: TrainState) -> TrainState:
-      updates, opt_state = tx.update(grads, state.opt_state, state.params)
-      chex.assert_trees_all_equal_shapes(updates, state.params)
-      return state._replace(params=optax.apply_updates(state.params, updates),
-                            model_state=model_state, opt_state=opt_state)
-
-    # A cond, not a select over the whole state: only the branch taken runs
-    # (a `where` on every leaf cost the dense models 8-17% per step on CPU).
-    out = jax.lax.cond(apply, update, lambda state: state, state)
-    # A stopped run does not advance: it stays at the last good step. Under
-    # "skip" the step counter moves on past the dropped update.
-    advance = apply if on_nonfinite == "stop" else jnp.array(True)
-    out = out._replace(
-        step=state.step + advance.astype(state.step.dtype),
-        nonfinite_step=jnp.where(~finite & ~stopped, state.step,
-                                 state.nonfinite_step),
-        skipped=state.skipped + (~finite).astype(state.skipped.dtype))
+    out = guarded_update(state, tx, grads, model_state, finite, on_nonfinite)
     return out, {"loss": loss, "accuracy": accuracy}
 
   return train_step
