@@ -9,7 +9,7 @@ import pytest
 
 import zoo
 from zoo import data, losses
-from zoo.data.pipeline import to_float
+from zoo.data import to_float
 from zoo.train import strategies
 from zoo.train.evaluate import Evaluator, evaluate_model
 from zoo.train.step import forward, make_eval_step

@@ -5,18 +5,18 @@ when a TFDS source is actually used.
 """
 
 from zoo.data import errors
+from zoo.data.batching import (epoch_indices, epoch_permutation, gather,
+                               job_devices, pad_batches, put_sharded,
+                               shard_batches, to_float)
 from zoo.data.errors import (CacheWarning, CorruptDataError, DataNotFoundError,
                              SplitError, UnknownDatasetError)
-from zoo.data.pipeline import (DeviceData, epoch_indices, epoch_permutation,
-                               eval_batches, gather, iterate_batches,
-                               shard_indices, to_float)
 from zoo.data.sources import Split, clear_memory_cache, load
 from zoo.data.tfds_local import prepare_tfds_from_idx
 
 __all__ = [
-    "CacheWarning", "CorruptDataError", "DataNotFoundError", "DeviceData",
+    "CacheWarning", "CorruptDataError", "DataNotFoundError",
     "Split", "SplitError", "UnknownDatasetError",
     "clear_memory_cache", "epoch_indices", "epoch_permutation", "errors",
-    "eval_batches", "gather", "iterate_batches", "load",
-    "prepare_tfds_from_idx", "shard_indices", "to_float",
+    "gather", "job_devices", "load", "pad_batches", "prepare_tfds_from_idx",
+    "put_sharded", "shard_batches", "to_float",
 ]

@@ -2,9 +2,10 @@
 dropped or counted twice (the last batch is padded and masked). Reports
 accuracy, mean loss and per-class accuracy.
 
-Each global eval batch is split over the run's devices the way training splits
-its batches: process p takes the p-th contiguous block, each of its devices a
-contiguous block of that. Every device runs its share of all batches as one
+Each global eval batch is split over the run's devices by training's own
+functions (`zoo.data.pad_batches`, then `zoo.data.put_sharded`): process p
+takes the p-th contiguous block, each of its devices a contiguous block of
+that. Every device runs its share of all batches as one
 `lax.scan` inside `shard_map` over a `Mesh`, and the sums (correct, loss,
 count, per-class counts) are `psum`-ed over the mesh, so over processes too
 under `jax.distributed`. The split stays uint8 on the devices; it becomes
@@ -18,7 +19,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from zoo.data.pipeline import to_float
+from zoo.data.batching import job_devices, pad_batches, put_sharded, to_float
 from zoo.train.step import make_eval_step
 
 AXIS = "data"
@@ -30,9 +31,7 @@ def eval_devices(strategy=None, device=None) -> list:
   out), else `device`, else this process's first device."""
   if strategy is None:
     return [device or jax.local_devices()[0]]
-  local = set(strategy.devices)
-  me = jax.process_index()
-  return [d for d in jax.devices() if d.process_index != me or d in local]
+  return job_devices(strategy.devices)
 
 
 def _global(x, sharding: NamedSharding) -> jax.Array:
@@ -71,19 +70,9 @@ class Evaluator:
     # Each global batch splits evenly: round it up to a multiple of devices.
     self.per_device = -(-wanted // n_dev)
     self.batch_size = self.per_device * n_dev
-    batches = -(-self.num_examples // self.batch_size)
-    pad = batches * self.batch_size - self.num_examples
-    mask = np.concatenate([np.ones(self.num_examples, np.float32),
-                           np.zeros(pad, np.float32)])
-    images = np.concatenate([images, np.zeros((pad, *images.shape[1:]),
-                                              images.dtype)])
-    labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
-    shape = (batches, self.batch_size)
     self._replicated = NamedSharding(self.mesh, P())
-    sharded = NamedSharding(self.mesh, P(None, AXIS))
-    self._data = tuple(_global(x, sharded) for x in (
-        images.reshape(*shape, *images.shape[1:]),
-        labels.reshape(shape).astype(np.int32), mask.reshape(shape)))
+    self._data = tuple(put_sharded(x, self.mesh) for x in
+                       pad_batches(images, labels, self.batch_size))
     eval_step = make_eval_step(entry)
 
     def run(params, model_state, images, labels, mask):

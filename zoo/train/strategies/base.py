@@ -2,8 +2,9 @@
 running steps either one at a time (a Python loop) or as one `lax.scan`.
 
 The dataset lives on the device(s) as uint8; each step receives only a row of
-example indices and gathers its batch there, so no images cross from host to
-device during training.
+example indices and gathers its batch there (`zoo.data.gather`), so no images
+cross from host to device during training. Which device gets which part of a
+row is `zoo.data.shard_batches`'s, for every strategy.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from zoo.data.pipeline import to_float
+from zoo.data.batching import gather
 from zoo.errors import ConfigError
 
 
@@ -26,7 +27,7 @@ def make_runners(train_step: Callable[..., Any]):
   """
   def body(images, labels):
     def step(state, idx):
-      return train_step(state, to_float(images[idx]), labels[idx])
+      return train_step(state, *gather(images, labels, idx))
     return step
 
   def run_one(state, images, labels, idx_rows, i):
@@ -64,12 +65,6 @@ class Strategy(abc.ABC):
           f"the global batch {global_batch} does not split evenly over "
           f"{self.num_devices} devices; pick a batch size divisible by "
           f"{self.num_devices} (--batch-size) or change --devices.")
-
-  def local_rows(self, idx_rows: np.ndarray) -> np.ndarray:
-    """This process's contiguous block of every global batch (S, B/P)."""
-    per_process = idx_rows.shape[1] // self.process_count
-    start = self.process_index * per_process
-    return idx_rows[:, start:start + per_process]
 
   @abc.abstractmethod
   def put_data(self, images: np.ndarray, labels: np.ndarray) -> tuple[Any, Any]:

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from zoo.data.batching import job_devices, put_sharded
 from zoo.train.strategies.base import Strategy, as_int32, host_copy, make_runners
 
 
@@ -19,10 +20,7 @@ class MeshStrategy(Strategy):
 
   def __init__(self, devices=None):
     super().__init__(devices)
-    local = set(self.devices)
-    devices = [d for d in jax.devices()
-               if d.process_index != self.process_index or d in local]
-    self.mesh = Mesh(np.array(devices), ("data",))
+    self.mesh = Mesh(np.array(job_devices(self.devices)), ("data",))
     self.replicated = NamedSharding(self.mesh, P())
     self.batch_sharded = NamedSharding(self.mesh, P(None, "data"))
 
@@ -47,7 +45,7 @@ class MeshStrategy(Strategy):
     return host_copy(state)
 
   def put_indices(self, idx_rows):
-    return self._global(as_int32(idx_rows), self.batch_sharded)
+    return put_sharded(as_int32(idx_rows), self.mesh)
 
   def compile(self, train_step):
     run_one, run_scan = make_runners(train_step)

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from zoo.data.batching import shard_batches
 from zoo.train.strategies.base import Strategy, as_int32, make_runners
 
 
@@ -47,9 +48,8 @@ class PmapStrategy(Strategy):
     return jax.tree.map(_first_local, state)
 
   def put_indices(self, idx_rows):
-    rows = self.local_rows(as_int32(idx_rows))            # (S, B/P)
-    steps = rows.shape[0]
-    per_device = rows.reshape(steps, self.num_local_devices, -1)
+    per_device = shard_batches(as_int32(idx_rows), self.process_index,
+                               self.process_count, self.num_local_devices)
     per_device = np.ascontiguousarray(per_device.transpose(1, 0, 2))
     return self._put_shards(list(per_device))
 
