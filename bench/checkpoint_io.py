@@ -23,9 +23,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from zoo import registry  # noqa: E402
-from zoo.train import checkpoint as ckpt_lib  # noqa: E402
-from zoo.train.optim import optimizer  # noqa: E402
-from zoo.train.state import init_state  # noqa: E402
+from zoo.training import checkpoint as ckpt_lib  # noqa: E402
+from zoo.training.optim import optimizer  # noqa: E402
+from zoo.training.state import init_state  # noqa: E402
 
 MODELS = ("mlp_fashion_mnist", "cnn_fashion_mnist", "vit_tiny_fashion_mnist")
 

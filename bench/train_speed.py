@@ -39,8 +39,8 @@ import optax
 
 import zoo
 from zoo import data
-from zoo.train.loop import train
-from zoo.train.optim import optimizer
+from zoo.training.loop import train
+from zoo.training.optim import optimizer
 
 # One registered model per architecture family (binary logistic regression
 # is the multinomial one with one output).
@@ -62,7 +62,7 @@ def reference_step(entry):
   policy = jmp.get_policy("params=float32,output=float32,compute="
                           + entry.config["train"]["compute_dtype"])
   # The optax transformation zoo builds from the same config (names and
-  # aliases resolved once, in zoo.train.optim).
+  # aliases resolved once, in zoo.training.optim).
   tx = optimizer(entry.config, total_steps=1)
 
   def init(x, seed=0):

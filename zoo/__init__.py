@@ -9,7 +9,6 @@ Importing zoo does no device work; everything heavy is imported on use.
 from zoo.errors import (ConfigError, InputError, UnknownConfigKeyError,
                         UnknownModelError, ZooError)
 from zoo.registry import ModelEntry, get, list_models, register
-from zoo import train  # a callable package: zoo.train(name, **overrides)
 
 __version__ = "0.1.0"
 
@@ -18,7 +17,16 @@ __all__ = ["get", "list_models", "register", "train", "evaluate",
            "UnknownConfigKeyError", "UnknownModelError"]
 
 
+def train(name_or_entry, **kwargs):
+  """Trains a registered model and returns a TrainResult (params,
+  model_state, history, result); see zoo.training.loop.train for the
+  keyword arguments (workdir, data_dir, strategy, devices, progress, resume,
+  and config overrides such as epochs=2 or **{"optimizer.learning_rate": 3e-4})."""
+  from zoo.training.loop import train as train_loop
+  return train_loop(name_or_entry, **kwargs)
+
+
 def evaluate(name: str, params, state=None, **kwargs):
-  """Evaluates parameters on the model's test split; see zoo.train.evaluate."""
-  from zoo.train.evaluate import evaluate_model
+  """Evaluates parameters on the model's test split; see zoo.training.evaluate."""
+  from zoo.training.evaluate import evaluate_model
   return evaluate_model(name, params, state, **kwargs)

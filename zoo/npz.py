@@ -10,7 +10,7 @@ object array, duplicate or path-trick names) is refused with CheckpointError
 before it can allocate memory or run code. Nothing is ever unpickled.
 
 This module needs only numpy: it sits below both the registry
-(zoo.pretrained) and the training package (zoo.train.checkpoint, weights).
+(zoo.pretrained) and the training package (zoo.training.checkpoint, weights).
 """
 from __future__ import annotations
 

@@ -62,11 +62,11 @@ def _not_available(entry) -> str:
             "which those weights were not trained for. Drop the overrides to "
             f"load them, or train the changed model: zoo train {entry.name} "
             f"{sets} --workdir DIR, then load it with "
-            "zoo.train.run_weights.from_workdir.")
+            "zoo.training.run_weights.from_workdir.")
   return (f"no pretrained weights ship for {entry.name!r}"
           + ("" if entry.baseline else " (its baseline was not measured here)")
           + f". Train them: zoo train {entry.name} --workdir DIR, then load "
-          "with zoo.train.run_weights.from_workdir, or measure the baseline with "
+          "with zoo.training.run_weights.from_workdir, or measure the baseline with "
           f"zoo baselines {entry.name}.")
 
 

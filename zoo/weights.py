@@ -5,7 +5,7 @@ exports); below both the registry and training. A file is checked against
 the model (every path, shape and dtype, from each member's header before
 its data) before use; a pickle, whatever its name, is refused without being
 executed. Weights of a training run (its checkpoints) are read by
-zoo.train.run_weights.
+zoo.training.run_weights.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from zoo.train import distributed  # noqa: E402
+from zoo.training import distributed  # noqa: E402
 
 EVAL_MODELS = ("mlp_fashion_mnist", "cnn_bn_fashion_mnist")
 EVAL_SPLIT = "test[:997]"  # divisible by neither the devices nor the batch
@@ -33,7 +33,7 @@ def run_training(out):
   """Trains mlp for one short epoch; writes the parameters and the result."""
   import jax
   from zoo import weights
-  from zoo.train.loop import train
+  from zoo.training.loop import train
   result = train("mlp_fashion_mnist", strategy="pmap", progress=False,
                  epochs=1, batch_size=64,
                  **{"data.train_split": "train[:1280]",
@@ -52,8 +52,8 @@ def run_evaluation(out):
   import jax
   import zoo
   from zoo import data
-  from zoo.train import strategies
-  from zoo.train.evaluate import Evaluator
+  from zoo.training import strategies
+  from zoo.training.evaluate import Evaluator
   report = {"processes": jax.process_count(),
             "process_index": jax.process_index(), "results": {}}
   for name in EVAL_MODELS:

@@ -20,12 +20,12 @@ import zoo
 from zoo import cli, registry
 from zoo import data as zoo_data
 from zoo.errors import ZooError
-from zoo.train import checkpoint as ckpt_lib
+from zoo.training import checkpoint as ckpt_lib
 from zoo import weights
-from zoo.train import loop
-from zoo.train.fingerprint import params_sha256
-from zoo.train.optim import optimizer
-from zoo.train.state import init_state
+from zoo.training import loop
+from zoo.training.fingerprint import params_sha256
+from zoo.training.optim import optimizer
+from zoo.training.state import init_state
 
 MODEL = "logreg_fashion_mnist"
 # 2048 / 128 = 16 steps per epoch, 32 steps in all, a checkpoint every 4.
@@ -145,7 +145,7 @@ def test_manager_round_trip_keep_k_and_replace(tmp_path):
 _SAVER = """
 import sys
 import numpy as np
-from zoo.train import checkpoint as ckpt_lib
+from zoo.training import checkpoint as ckpt_lib
 manager = ckpt_lib.CheckpointManager(sys.argv[1], keep=1000)
 tree = {"w": np.arange(1 << 18, dtype=np.float32), "b": np.ones(3, np.int32)}
 for step in range(1, 100000):
@@ -345,7 +345,7 @@ def test_eval_workdir_and_weights_reproduce_result(reference, tmp_path,
 
 
 def test_resume_accepts_checkpoints_from_before_a_new_config_key():
-  from zoo.train.run import config_changes as _config_changes
+  from zoo.training.run import config_changes as _config_changes
   cfg = zoo.get("mlp_fashion_mnist").config
   older = copy.deepcopy(cfg)
   del older["train"]["compute_dtype"]  # written before the key existed

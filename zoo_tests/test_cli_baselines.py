@@ -3,7 +3,7 @@ import shutil
 from pathlib import Path
 
 from zoo import cli
-from zoo.train import baselines
+from zoo.training import baselines
 
 REPO = Path(__file__).resolve().parents[1]
 

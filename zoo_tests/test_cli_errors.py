@@ -14,7 +14,7 @@ from zoo import cli
 from zoo.cli import info as cli_info
 from zoo import data as zoo_data
 from zoo.errors import DistributedError, ZooError
-from zoo.train import distributed, loop
+from zoo.training import distributed, loop
 
 MODEL = "mlp_fashion_mnist"
 REPO = Path(__file__).resolve().parent.parent

@@ -14,8 +14,8 @@ import zoo
 from zoo.data import (Split, clear_memory_cache, epoch_indices,
                       epoch_permutation, gather, job_devices, load,
                       pad_batches, put_sharded, shard_batches, to_float)
-from zoo.train import strategies
-from zoo.train.evaluate import Evaluator
+from zoo.training import strategies
+from zoo.training.evaluate import Evaluator
 
 DEBIAN = "/usr/share/datasets/fashion-mnist"
 needs_debian = pytest.mark.skipif(

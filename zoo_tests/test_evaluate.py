@@ -10,9 +10,9 @@ import pytest
 import zoo
 from zoo import data, losses
 from zoo.data import to_float
-from zoo.train import strategies
-from zoo.train.evaluate import Evaluator, evaluate_model
-from zoo.train.step import forward, make_eval_step
+from zoo.training import strategies
+from zoo.training.evaluate import Evaluator, evaluate_model
+from zoo.training.step import forward, make_eval_step
 
 SPLIT = "test[:997]"   # prime: no device count or batch divides it
 BATCH = 100

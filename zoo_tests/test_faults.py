@@ -20,10 +20,10 @@ import pytest
 
 from zoo import cli, registry
 from zoo import data as zoo_data
-from zoo.train import checkpoint as ckpt_lib
+from zoo.training import checkpoint as ckpt_lib
 from zoo import weights
-from zoo.train import loop
-from zoo.train.preemption import Preemption
+from zoo.training import loop
+from zoo.training.preemption import Preemption
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -319,7 +319,7 @@ def test_bad_config_is_rejected_before_device_work(capsys, monkeypatch,
                                                    setting, words):
   def no(*args, **kwargs):
     raise AssertionError("device or data work before validation")
-  from zoo.train import distributed
+  from zoo.training import distributed
   monkeypatch.setattr(loop, "train", no)
   monkeypatch.setattr(distributed, "initialize", no)
   monkeypatch.setattr(zoo_data, "load", no)

@@ -13,7 +13,7 @@ import pytest
 import zoo
 from zoo.models import lstm as lstm_lib
 from zoo.models import vit as vit_lib
-from zoo.train.loop import train
+from zoo.training.loop import train
 
 MODELS = {  # name -> (arch, dataset)
     "cnn_bn_fashion_mnist": ("cnn_bn", "fashion_mnist"),

@@ -13,7 +13,7 @@ import numpy as np
 
 import zoo
 from multihost_worker import EVAL_BATCH, EVAL_MODELS, EVAL_SPLIT
-from zoo.train.evaluate import evaluate_model
+from zoo.training.evaluate import evaluate_model
 
 WORKER = Path(__file__).with_name("multihost_worker.py")
 REPO = Path(__file__).resolve().parents[1]

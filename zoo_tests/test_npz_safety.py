@@ -22,9 +22,9 @@ import pytest
 import zoo
 from zoo import cli, npz, pretrained, registry
 from zoo.errors import ZooError
-from zoo.train import checkpoint as ckpt_lib
+from zoo.training import checkpoint as ckpt_lib
 from zoo import weights
-from zoo.train import run_weights
+from zoo.training import run_weights
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "logreg_fashion_mnist"  # params: .../linear w (784, 10), b (10,)

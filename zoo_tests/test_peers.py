@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from zoo.train import distributed, peers
+from zoo.training import distributed, peers
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "mlp_fashion_mnist"
@@ -134,7 +134,7 @@ def test_no_false_alarm_when_both_finish(tmp_path):
 _FAILING = """
 import sys, time
 from zoo.errors import ZooError
-from zoo.train import distributed, peers
+from zoo.training import distributed, peers
 port, pid = sys.argv[1], int(sys.argv[2])
 distributed.initialize(f"127.0.0.1:{port}", 2, pid, peer_timeout=2)
 try:

@@ -18,7 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from zoo.train import checkpoint as ckpt_lib
+from zoo.training import checkpoint as ckpt_lib
 
 REPO = Path(__file__).resolve().parents[1]
 # 4096 / 64 = 64 steps per epoch, 256 steps, a checkpoint every 16 steps.
@@ -187,7 +187,7 @@ def test_processes_that_see_different_checkpoints_do_not_resume(
   import jax
   from jax.experimental import multihost_utils
   from zoo.errors import ZooError
-  from zoo.train import run as run_lib
+  from zoo.training import run as run_lib
   manager = ckpt_lib.CheckpointManager(tmp_path, keep=5)
   tree = {"w": np.ones(3, np.float32)}
   for step in (16, 32):

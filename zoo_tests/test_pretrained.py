@@ -9,8 +9,8 @@ import pytest
 
 import zoo
 from zoo import pretrained
-from zoo.train.evaluate import evaluate_model
-from zoo.train.loop import train
+from zoo.training.evaluate import evaluate_model
+from zoo.training.loop import train
 
 SHIPPED = [n for n in zoo.list_models()
            if (zoo.get(n).baseline or {}).get("pretrained")]

@@ -8,10 +8,10 @@ import pytest
 from absl.testing import parameterized
 
 import zoo
-from zoo.train import strategies
-from zoo.train.optim import optimizer
-from zoo.train.state import init_state
-from zoo.train.step import all_finite, make_train_step
+from zoo.training import strategies
+from zoo.training.optim import optimizer
+from zoo.training.state import init_state
+from zoo.training.step import all_finite, make_train_step
 
 BATCH = 16
 

@@ -10,7 +10,7 @@ import pytest
 
 import zoo
 import zoo.cli
-from zoo.train.loop import choose_loop, train
+from zoo.training.loop import choose_loop, train
 
 @pytest.mark.parametrize("name,train_split,batch,min_acc", [
     ("mlp_fashion_mnist", "train[:19200]", 64, 0.75),        # 300 steps

@@ -16,9 +16,9 @@ import pytest
 
 from zoo import cli
 from zoo.errors import ConfigError
-from zoo.train import checkpoint as ckpt_lib
-from zoo.train import loop
-from zoo.train.workdir import (LOCK_PREFIX, Workdir, WorkdirBusyError,
+from zoo.training import checkpoint as ckpt_lib
+from zoo.training import loop
+from zoo.training.workdir import (LOCK_PREFIX, Workdir, WorkdirBusyError,
                                WorkdirError)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -308,7 +308,7 @@ def test_file_size_limit_during_a_save_keeps_the_last_good_checkpoint(
 
 
 def test_os_errors_are_named_with_their_fix():
-  from zoo.train.workdir import describe_os_error
+  from zoo.training.workdir import describe_os_error
   full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/x/ckpt")
   assert describe_os_error(full) == (
       "No space left on device (/x/ckpt); free some space")
@@ -320,7 +320,7 @@ def test_read_only_workdir_is_one_line(tmp_path, capsys, monkeypatch):
   """A workdir on a read-only filesystem (EROFS at the first write, the
   lock file): one line saying so, nothing written. (Tests run as root,
   which file permissions do not stop, so the fault is injected.)"""
-  from zoo.train import workdir as workdir_lib
+  from zoo.training import workdir as workdir_lib
   real_open = os.open
 
   def read_only(path, flags, *args):

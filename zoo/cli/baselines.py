@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
   from zoo import registry
   from zoo.data.errors import DataNotFoundError
   from zoo.errors import ConfigError
-  from zoo.train import baselines
+  from zoo.training import baselines
   names = registry.list_models(args.pattern)
   if not names:
     raise ConfigError(f"no model matches {args.pattern!r}")

@@ -36,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
   --workdir the run's own resolved config is used (model settings, test
   split, classes, eval batch), so the accuracy is result.json's."""
   from zoo import registry, weights
-  from zoo.train import run_weights
-  from zoo.train.evaluate import evaluate_model
+  from zoo.training import run_weights
+  from zoo.training.evaluate import evaluate_model
   if not args.weights and not args.workdir:
     raise config_lib.ConfigError("zoo eval needs --workdir DIR (a zoo train "
                                  "run) or --weights FILE (.npz).")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from zoo.cli.common import add_common, parse_sets
 from zoo.errors import ConfigValueError
-from zoo.train import distributed, peers
+from zoo.training import distributed, peers
 
 
 def add(sub) -> None:
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
                          peer_timeout=args.peer_timeout)
   # With several processes, a lost one ends this one (peers.LOST_EXIT_CODE).
   with peers.watching(args.peer_timeout):
-    from zoo.train.loop import PREEMPTED_EXIT_CODE, Preempted, train
+    from zoo.training.loop import PREEMPTED_EXIT_CODE, Preempted, train
     # A bar on a terminal; otherwise (batch jobs, pipes) a line per epoch as
     # it ends.
     progress = ("bar" if sys.stderr.isatty() and not args.no_progress else

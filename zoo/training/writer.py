@@ -9,7 +9,7 @@ from typing import Any
 
 import jax
 
-from zoo.train.workdir import Workdir, fs_errors
+from zoo.training.workdir import Workdir, fs_errors
 
 # Timings of the invocation that trained; a re-run that trains nothing keeps them.
 _TIMINGS = ("train_images_per_second", "compile_seconds", "wall_seconds")
@@ -101,7 +101,7 @@ class RunWriter:
     if not trained:
       _keep_timings(result, path / "result.json")
     self.run_dir.write_json("result.json", result, intact_note(checkpoint))
-    from zoo.train.plots import plot_learning_curve
+    from zoo.training.plots import plot_learning_curve
     with fs_errors(f"write {path / 'learning_curve.png'}"):
       plot_learning_curve(history, path / "learning_curve.png", self.name)
 

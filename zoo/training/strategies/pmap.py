@@ -12,7 +12,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from zoo.data.batching import shard_batches
-from zoo.train.strategies.base import Strategy, as_int32, make_runners
+from zoo.training.strategies.base import Strategy, as_int32, make_runners
 
 
 class PmapStrategy(Strategy):

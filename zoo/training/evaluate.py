@@ -20,7 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from zoo.data.batching import job_devices, pad_batches, put_sharded, to_float
-from zoo.train.step import make_eval_step
+from zoo.training.step import make_eval_step
 
 AXIS = "data"
 

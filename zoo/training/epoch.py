@@ -12,7 +12,7 @@ import numpy as np
 
 from zoo import data
 from zoo.errors import ZooError
-from zoo.train.step import make_train_step
+from zoo.training.step import make_train_step
 
 
 class NonFiniteError(ZooError, FloatingPointError):

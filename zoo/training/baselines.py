@@ -27,7 +27,7 @@ def measure(name: str, seeds: int = 3, *, data_dir: str | None = None,
             curves_dir: str | os.PathLike | None = None) -> dict[str, Any]:
   """Trains `name` once per seed (0..seeds-1) and summarises the results;
   seed 0's learning curve is copied into `curves_dir` if given."""
-  from zoo.train.loop import train
+  from zoo.training.loop import train
   entry = registry.get(name)
   from zoo import pretrained, weights
   results = []

@@ -18,7 +18,7 @@ import jmp
 import optax
 
 from zoo import losses
-from zoo.train.state import TrainState
+from zoo.training.state import TrainState
 
 Metrics = dict[str, jax.Array]
 

@@ -3,8 +3,8 @@
 In JAX the service lives inside process 0; when that process dies, every
 other process's JAX client aborts at once with a C++ stack trace, before zoo
 can say anything. Run apart, the service outlives a crashed, killed or
-out-of-memory process 0, so the others' peer watchdogs (zoo.train.peers) see
-its heartbeat stop and exit with one line. zoo.train.distributed starts this
+out-of-memory process 0, so the others' peer watchdogs (zoo.training.peers) see
+its heartbeat stop and exit with one line. zoo.training.distributed starts this
 file as a script (no zoo import, only jaxlib):
 
   python coordinator.py BIND_ADDRESS NUM_PROCESSES SERVICE_KWARGS_JSON

@@ -16,12 +16,12 @@ import numpy as np
 from zoo import config as config_lib
 from zoo import data, registry
 from zoo.errors import ConfigError, ZooError
-from zoo.train import checkpoint as ckpt_lib
-from zoo.train import strategies
-from zoo.train.fingerprint import params_sha256
-from zoo.train.optim import optimizer
-from zoo.train.state import TrainState, init_state
-from zoo.train.workdir import Workdir, WorkdirError, fs_errors
+from zoo.training import checkpoint as ckpt_lib
+from zoo.training import strategies
+from zoo.training.fingerprint import params_sha256
+from zoo.training.optim import optimizer
+from zoo.training.state import TrainState, init_state
+from zoo.training.workdir import Workdir, WorkdirError, fs_errors
 
 log = logging.getLogger("zoo.train")
 

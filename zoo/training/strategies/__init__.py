@@ -4,10 +4,10 @@ from __future__ import annotations
 import jax
 
 from zoo.errors import ConfigError
-from zoo.train.strategies.base import Strategy
-from zoo.train.strategies.mesh import MeshStrategy
-from zoo.train.strategies.pmap import PmapStrategy
-from zoo.train.strategies.single import SingleDevice
+from zoo.training.strategies.base import Strategy
+from zoo.training.strategies.mesh import MeshStrategy
+from zoo.training.strategies.pmap import PmapStrategy
+from zoo.training.strategies.single import SingleDevice
 
 STRATEGIES = {"jit": SingleDevice, "pmap": PmapStrategy, "mesh": MeshStrategy}
 

@@ -4,8 +4,8 @@ Must run before anything touches a device. With explicit flags it connects
 to the coordinator; without them it lets JAX auto-detect TPU pods and SLURM
 clusters; on a single machine with no cluster it does nothing. It says on
 stderr what it waits for, and gives up after a bounded time. Process 0 runs
-JAX's coordination service in a companion process (zoo/train/coordinator.py)
-so that the others can report its loss (zoo.train.peers) instead of
+JAX's coordination service in a companion process (zoo/training/coordinator.py)
+so that the others can report its loss (zoo.training.peers) instead of
 aborting with a C++ stack trace.
 """
 from __future__ import annotations
@@ -157,7 +157,7 @@ def _deadline(seconds: float, error: Exception, status: int = 2,
 
 
 class _Companion:
-  """Process 0's coordination service, run by zoo/train/coordinator.py in a
+  """Process 0's coordination service, run by zoo/training/coordinator.py in a
   process of its own; stands in for JAX's service object (`shutdown`)."""
 
   def __init__(self, proc: subprocess.Popen):
@@ -269,7 +269,7 @@ def initialize(coordinator_address: str | None = None,
   through gloo collectives. Bad flags raise DistributedError before anything
   starts; if the processes have not all met after `timeout` seconds, the
   process prints a PeerTimeoutError and exits with status 2. `peer_timeout`
-  is the time after which zoo.train.peers reports a silent process as lost;
+  is the time after which zoo.training.peers reports a silent process as lost;
   JAX's own heartbeat deadline is set later, so that zoo speaks first.
   """
   check_flags(coordinator_address, num_processes, process_id, timeout,
@@ -286,7 +286,7 @@ def initialize(coordinator_address: str | None = None,
                                     _JAX_MAX_S))
   # After process 0 is lost its service serves on until the others have
   # seen its heartbeat stop: peer_timeout plus two heartbeats (at most a
-  # quarter of it each, see zoo.train.peers) and a margin.
+  # quarter of it each, see zoo.training.peers) and a margin.
   linger = 1.5 * peer_timeout + 5
   if explicit:
     print(f"zoo: waiting for {num_processes} processes at "

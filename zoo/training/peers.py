@@ -24,7 +24,7 @@ import threading
 import time
 
 from zoo.errors import PeerLostError, ZooError
-from zoo.train import distributed
+from zoo.training import distributed
 
 log = logging.getLogger("zoo.train")
 
@@ -222,7 +222,7 @@ def watching(timeout: float = distributed.DEFAULT_PEER_TIMEOUT_S):
   marks this process done; one that raises marks it failed, after giving
   the watchdog the chance to blame a lost peer for an error from JAX's
   runtime (a collective with a dead peer fails before the peer is found)."""
-  from zoo.train.preemption import Preempted
+  from zoo.training.preemption import Preempted
   watchdog = start(timeout)
   if watchdog is None:
     yield None

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import jax
 
-from zoo.train.strategies.base import Strategy, as_int32, host_copy, make_runners
+from zoo.training.strategies.base import Strategy, as_int32, host_copy, make_runners
 
 
 class SingleDevice(Strategy):

@@ -19,13 +19,13 @@ from typing import Any
 import jax
 
 from zoo import registry
-from zoo.train import run as run_lib
-from zoo.train.epoch import EpochSums, NonFiniteError, StepRunner, choose_loop
-from zoo.train.evaluate import Evaluator
-from zoo.train.fingerprint import params_sha256
-from zoo.train.preemption import PREEMPTED_EXIT_CODE, Preempted, Preemption
-from zoo.train.workdir import Workdir
-from zoo.train.writer import RunWriter, progress_mode
+from zoo.training import run as run_lib
+from zoo.training.epoch import EpochSums, NonFiniteError, StepRunner, choose_loop
+from zoo.training.evaluate import Evaluator
+from zoo.training.fingerprint import params_sha256
+from zoo.training.preemption import PREEMPTED_EXIT_CODE, Preempted, Preemption
+from zoo.training.workdir import Workdir
+from zoo.training.writer import RunWriter, progress_mode
 
 __all__ = ["train", "TrainResult", "NonFiniteError", "Preempted",
            "PREEMPTED_EXIT_CODE", "choose_loop"]

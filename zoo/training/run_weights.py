@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from zoo import npz, weights
-from zoo.train import checkpoint as ckpt_lib
+from zoo.training import checkpoint as ckpt_lib
 
 log = logging.getLogger("zoo.checkpoint")
 
