@@ -1,9 +1,14 @@
-"""`zoo eval NAME (--workdir DIR | --weights FILE)`: evaluate saved
-parameters on the test split (or --split)."""
+"""`zoo eval NAME (--workdir DIR | --weights FILE) [--out DIR]`: evaluate
+saved parameters on the test split (or --split), print the metrics as JSON
+and write them, with two pictures, into --out: eval.json (the printed
+metrics plus "confusion", rows true class and columns predicted, and
+"mistakes", the most confident wrong predictions),
+eval_confusion.png and eval_mistakes.png."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from zoo import config as config_lib
@@ -17,6 +22,13 @@ def add(sub) -> None:
                  help=".npz weights file (default: newest checkpoint in "
                       "--workdir)")
   p.add_argument("--split", default=None, help="split, default the test split")
+  p.add_argument("--out", default=None,
+                 help="directory for eval.json, eval_confusion.png and "
+                      "eval_mistakes.png (default: --workdir if given, else "
+                      "the current directory)")
+  p.add_argument("--mistakes", type=int, default=25,
+                 help="how many of the most confident mistakes to show "
+                      "(default 25)")
   p.set_defaults(func=run)
 
 
@@ -68,6 +80,34 @@ def run(args: argparse.Namespace) -> int:
   elif args.weights:
     params, model_state = weights.load(entry, args.weights)
   res = evaluate_model(entry, params, model_state, data_dir=args.data_dir,
-                       split=args.split)
-  print(json.dumps(res, indent=1))
+                       split=args.split, top_mistakes=max(args.mistakes, 1))
+  res["mistakes"] = res["mistakes"][:max(args.mistakes, 0)]
+  res["split"] = args.split or entry.config["data"]["test_split"]
+  import jax
+  if jax.process_index() == 0:
+    res["files"] = write_outputs(entry, res, Path(args.out or args.workdir
+                                                  or "."), args.data_dir)
+  # The confusion matrix and the mistakes are in eval.json, not printed.
+  print(json.dumps({k: v for k, v in res.items()
+                    if k not in ("confusion", "mistakes")}, indent=1))
   return 0
+
+
+def write_outputs(entry, res: dict, out: Path, data_dir) -> list[str]:
+  """Writes eval.json and the two pictures into `out` (each atomically:
+  temp file + rename); returns their paths."""
+  from zoo.training import eval_plots
+  from zoo.training.evaluate import load_split
+  out.mkdir(parents=True, exist_ok=True)
+  title = f"{entry.name} on {res['split']}"
+  names = entry.class_names
+  files = [eval_plots.plot_confusion(res["confusion"], names,
+                                     out / "eval_confusion.png", title)]
+  images = load_split(entry, res["split"], data_dir).images
+  files.append(eval_plots.plot_mistakes(images, res["mistakes"], names,
+                                        out / "eval_mistakes.png", title))
+  files = [str(out / "eval.json")] + [str(f) for f in files]
+  tmp = out / f".eval.json.{os.getpid()}.tmp"
+  tmp.write_text(json.dumps({**res, "files": files}, indent=1) + "\n")
+  os.replace(tmp, out / "eval.json")
+  return files

@@ -10,17 +10,23 @@ that. Every device runs its share of all batches as one
 count, per-class counts) are `psum`-ed over the mesh, so over processes too
 under `jax.distributed`. The split stays uint8 on the devices; it becomes
 float inside the compiled step (`to_float`).
+
+`Evaluator.detailed` also returns the confusion matrix (integer counts,
+`psum`-ed like the rest) and the k most confident mistakes: each device keeps
+its own top k (`lax.top_k`), the candidates are gathered over the mesh and
+the top k of those is taken again, so only k rows per device leave it.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from zoo.data.batching import job_devices, pad_batches, put_sharded, to_float
-from zoo.training.step import make_eval_step
+from zoo.training.step import forward, make_eval_step
 
 AXIS = "data"
 
@@ -74,6 +80,8 @@ class Evaluator:
     self._data = tuple(put_sharded(x, self.mesh) for x in
                        pad_batches(images, labels, self.batch_size))
     eval_step = make_eval_step(entry)
+    self._eval_step = eval_step
+    self._details_fns = {}
 
     def run(params, model_state, images, labels, mask):
       """This device's share of every batch, summed, then summed over all
@@ -93,9 +101,17 @@ class Evaluator:
         out_specs=P(), check_vma=False))
 
   def __call__(self, params, model_state=None) -> dict[str, Any]:
-    params, model_state = jax.tree.map(
-        lambda x: _global(x, self._replicated), (params, model_state or {}))
-    totals = jax.tree.map(_host, self._run(params, model_state, *self._data))
+    params, model_state = self._place(params, model_state)
+    return self._summary(
+        jax.tree.map(_host, self._run(params, model_state, *self._data)))
+
+  def _place(self, params, model_state):
+    """Parameters and state replicated over the mesh."""
+    return jax.tree.map(lambda x: _global(x, self._replicated),
+                        (params, model_state or {}))
+
+  def _summary(self, totals: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Accuracy, mean loss and per-class accuracy from the summed counts."""
     count = float(totals["count"])
     assert count == self.num_examples, (count, self.num_examples)
     per_class = totals["class_correct"] / np.maximum(totals["class_count"], 1)
@@ -107,18 +123,115 @@ class Evaluator:
                                zip(self.entry.class_names, per_class)},
     }
 
+  def detailed(self, params, model_state=None, top_k: int = 25
+               ) -> dict[str, Any]:
+    """`__call__`'s result (the same sums, so the same numbers) plus
+    "confusion" (rows true class, columns predicted; integer counts over the
+    whole split) and "mistakes": up to `top_k` misclassified examples, most
+    confident first, as {index (into the split), true, predicted,
+    probability (of the predicted class)}."""
+    top_k = max(1, min(int(top_k), self.per_device * len(self._data[1])))
+    if top_k not in self._details_fns:
+      self._details_fns[top_k] = self._make_details(top_k)
+    if not hasattr(self, "_index"):  # example ids, laid out like the data
+      batches, size = self._data[1].shape
+      self._index = put_sharded(
+          np.arange(batches * size, dtype=np.int32).reshape(batches, size),
+          self.mesh)
+    params, model_state = self._place(params, model_state)
+    out = jax.tree.map(_host, self._details_fns[top_k](
+        params, model_state, *self._data, self._index))
+    result = self._summary(out["sums"])
+    confusion = out["confusion"].astype(np.int64)
+    assert confusion.sum() == self.num_examples
+    result["confusion"] = confusion.tolist()
+    result["mistakes"] = [
+        {"index": int(i), "true": int(t), "predicted": int(p),
+         "probability": float(c)}
+        for c, i, t, p in zip(out["conf"], out["index"], out["true"],
+                              out["pred"]) if c >= 0]
+    return result
+
+  def _make_details(self, top_k: int):
+    """The compiled `detailed` pass: the eval step's sums, a confusion
+    matrix, and the top_k most confident mistakes of the whole split."""
+    entry, eval_step = self.entry, self._eval_step
+    n_cls = max(entry.num_classes, 2)
+
+    def batch_details(params, model_state, images, labels, mask, index):
+      """One batch: its sums, confusion counts and per-example confidence
+      (-1 where the example is right or padding)."""
+      x = to_float(images)
+      sums = eval_step(params, model_state, x, labels, mask)
+      logits, _ = forward(entry, params, model_state, None, x, False)
+      pred, prob = _predict(logits)
+      confusion = jnp.zeros((n_cls, n_cls), jnp.int32).at[labels, pred].add(
+          mask.astype(jnp.int32))
+      wrong = (pred != labels) & (mask > 0)
+      conf = jnp.where(wrong, prob, -1.0)
+      return sums, confusion, (conf, index, labels, pred)
+
+    def run(params, model_state, images, labels, mask, index):
+      def body(carry, batch):
+        return carry, batch_details(params, model_state, *batch)
+      _, (sums, confusion, cand) = jax.lax.scan(
+          body, None, (images, labels, mask, index))
+      sums = jax.tree.map(lambda x: x.sum(axis=0), sums)
+      totals = jax.lax.psum((sums, confusion.sum(axis=0)), AXIS)
+      cand = _top(*(c.reshape(-1) for c in cand), top_k)  # this device's
+      cand = _top(*(jax.lax.all_gather(c, AXIS, tiled=True) for c in cand),
+                  top_k)                                   # everyone's
+      return dict(zip(("conf", "index", "true", "pred"), cand),
+                  sums=totals[0], confusion=totals[1])
+
+    data_spec = P(None, AXIS)
+    return jax.jit(jax.shard_map(
+        run, mesh=self.mesh, in_specs=(P(), P()) + (data_spec,) * 4,
+        out_specs=P(), check_vma=False))
+
+
+def _predict(logits):
+  """Predicted class and its probability: softmax over the classes, or the
+  sigmoid of a single binary logit."""
+  if logits.shape[-1] == 1:
+    p1 = jax.nn.sigmoid(logits[..., 0].astype(jnp.float32))
+    pred = (logits[..., 0] > 0).astype(jnp.int32)
+    return pred, jnp.where(pred == 1, p1, 1.0 - p1)
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  pred = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  return pred, jnp.take_along_axis(probs, pred[:, None], axis=-1)[:, 0]
+
+
+def _top(conf, index, true, pred, k: int):
+  """The k rows of highest confidence (ties: lower index first)."""
+  k = min(k, conf.shape[0])
+  # Sort key: confidence descending, then example index ascending.
+  order = jnp.lexsort((index, -conf))[:k]
+  return conf[order], index[order], true[order], pred[order]
+
+
+def load_split(entry, split: str | None = None, data_dir: str | None = None):
+  """The split an evaluation of `entry` reads (default its test split), with
+  its config's classes."""
+  from zoo import data
+  cfg = entry.config
+  return data.load(entry.dataset, split or cfg["data"]["test_split"],
+                   data_dir=data_dir, classes=cfg["data"]["classes"] or None)
+
 
 def evaluate_model(name_or_entry, params, model_state=None, *,
                    data_dir: str | None = None, split: str | None = None,
-                   batch_size: int | None = None) -> dict[str, Any]:
+                   batch_size: int | None = None,
+                   top_mistakes: int | None = None) -> dict[str, Any]:
   """Evaluates `params` of a registered model on its test split (one device
-  of this process)."""
-  from zoo import data, registry
+  of this process). With `top_mistakes`, the result also holds "confusion"
+  and "mistakes" (see `Evaluator.detailed`)."""
+  from zoo import registry
   entry = (registry.get(name_or_entry) if isinstance(name_or_entry, str)
            else name_or_entry)
-  cfg = entry.config
-  test = data.load(entry.dataset, split or cfg["data"]["test_split"],
-                   data_dir=data_dir, classes=cfg["data"]["classes"] or None)
+  test = load_split(entry, split, data_dir)
   evaluator = Evaluator(entry, test.images, test.labels,
-                        batch_size or cfg["train"]["eval_batch_size"])
+                        batch_size or entry.config["train"]["eval_batch_size"])
+  if top_mistakes is not None:
+    return evaluator.detailed(params, model_state, top_mistakes)
   return evaluator(params, model_state)
