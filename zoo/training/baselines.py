@@ -98,17 +98,19 @@ def table(baselines: dict[str, Any], names: list[str],
           curves_dir: Path | None = None, readme_dir: Path | None = None
           ) -> str:
   """The README's Markdown table, one row per registered model; a curve is
-  linked when `curves_dir` holds one (relative to `readme_dir`)."""
+  linked when `curves_dir` holds one (relative to `readme_dir`). No speed
+  column: images/s during a baseline run depend on what else the machine
+  ran, so speed is reported only by bench/train_speed.py's block."""
   rows = ["| model | test accuracy (mean ± std) | test loss | seeds | epochs "
-          "| train images/s | device | reproduce | curve |",
-          "|---|---:|---:|---:|---:|---:|---|---|---|"]
+          "| device | reproduce | curve |",
+          "|---|---:|---:|---:|---:|---|---|---|"]
   for name in names:
     b = baselines.get(name)
     if not b:
       dataset = registry.get(name).dataset
       why = ("not measured yet" if _available(dataset) else
              f"not measured here ({dataset} is not reachable here)")
-      rows.append(f"| `{name}` | {why} | | | | | | `{command(name, 3)}` | |")
+      rows.append(f"| `{name}` | {why} | | | | | `{command(name, 3)}` | |")
       continue
     png = Path(curves_dir) / f"{name}.png" if curves_dir else None
     curve = (f"[png]({os.path.relpath(png, readme_dir or Path.cwd())})"
@@ -116,9 +118,7 @@ def table(baselines: dict[str, Any], names: list[str],
     rows.append(
         f"| `{name}` | {100 * b['test_accuracy_mean']:.2f}% ± "
         f"{100 * b['test_accuracy_std']:.2f} | {b['test_loss_mean']:.4f} | "
-        f"{b['seeds']} | {b['epochs']} | "
-        f"{b['train_images_per_second_mean']:,.0f} | "
-        f"{b['devices']}x {b['device_kind']} ({b['machine']}) | "
+        f"{b['seeds']} | {b['epochs']} | {b['devices']}x {b['device_kind']} ({b['machine']}) | "
         f"`{b['command']}` | {curve} |")
   return "\n".join(rows)
 
