@@ -21,9 +21,9 @@ import numpy as np
 import optax
 
 from zoo import data
-from zoo.models.pooling import max_pool
+from zoo.pooling import max_pool
 
-POOLS = {"hk.max_pool": hk.max_pool, "zoo.models.pooling.max_pool": max_pool}
+POOLS = {"hk.max_pool": hk.max_pool, "zoo.pooling.max_pool": max_pool}
 
 
 def cnn(pool):

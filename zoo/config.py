@@ -126,7 +126,7 @@ def _signature_defaults(fn: Callable[..., Any], skip: int) -> dict[str, Any]:
 NAMED_FUNCTION_ARGS: dict[str, tuple[str, str]] = {
     "activation": ("activation", "zoo.activations"),
     "w_init": ("initializer", "zoo.initializers"),
-    "pool": ("pool", "zoo.models.pooling"),
+    "pool": ("pool", "zoo.pooling"),
 }
 
 
@@ -315,7 +315,7 @@ def _initializer_names() -> list[str]:
 
 
 def _pool_names() -> list[str]:
-  from zoo.models import pooling
+  from zoo import pooling
   return pooling.names()
 
 

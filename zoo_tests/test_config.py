@@ -330,7 +330,7 @@ def test_model_schema_maps_functions_to_names():
   import jax
   from zoo import activations, initializers
   from zoo.models.cnn_bn import BatchNormCNN
-  from zoo.models import pooling
+  from zoo import pooling
   schema = config_lib.model_schema(BatchNormCNN)
   assert list(schema) == ["channels", "hidden_size", "activation",
                           "initializer", "pool", "dense_batch_norm",

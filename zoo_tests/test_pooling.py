@@ -1,4 +1,4 @@
-"""zoo.models.pooling: the same values and gradients as hk.max_pool, bit for
+"""zoo.pooling: the same values and gradients as hk.max_pool, bit for
 bit, on ties too, under jit and without."""
 import chex
 import haiku as hk
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
-from zoo.models import pooling
+from zoo import pooling
 
 # (input shape, window, strides, padding): the first three tile the input
 # (reshape path), the rest fall back to Haiku.

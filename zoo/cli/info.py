@@ -23,8 +23,8 @@ def layer_summary(entry) -> list[tuple[str, str, int]]:
 
 
 def run(args: argparse.Namespace) -> int:
-  import zoo
-  entry = zoo.get(args.name)
+  from zoo import registry
+  entry = registry.get(args.name)
   rows = layer_summary(entry)
   total = sum(r[2] for r in rows)
   print(f"{entry.name}: {entry.config['description']}")

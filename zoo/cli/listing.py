@@ -14,14 +14,14 @@ def add(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-  import zoo
-  names = zoo.list_models(args.pattern)
+  from zoo import registry
+  names = registry.list_models(args.pattern)
   if not names:
     print(f"no model matches {args.pattern!r}", file=sys.stderr)
     return 1
   width = max(map(len, names))
   for name in names:
-    entry = zoo.get(name)
+    entry = registry.get(name)
     acc = entry.baseline.get("test_accuracy_mean") if entry.baseline else None
     acc = f"{100 * acc:6.2f}%" if acc is not None else "   n/a "
     print(f"{name:<{width}}  {entry.dataset:<14} {acc}  "

@@ -13,7 +13,7 @@ import jax
 
 from zoo import initializers
 from zoo.models.base import architecture, check_args
-from zoo.models.pooling import max_pool
+from zoo.pooling import max_pool
 
 
 @architecture("cnn")

@@ -27,7 +27,7 @@ import haiku as hk
 import jax
 
 from zoo import initializers
-from zoo.models import pooling
+from zoo import pooling
 from zoo.models.base import architecture, check_args
 
 
@@ -67,7 +67,7 @@ class BatchNormCNN(hk.Module):
       w_init: Initializer of every weight; a config names it as
         `initializer`.
       pool: 2x2, stride 2 pooling, `(x, window_shape, strides, padding)`;
-        a config names it: "max" (zoo.models.pooling.max_pool) or "avg"
+        a config names it: "max" (zoo.pooling.max_pool) or "avg"
         (hk.avg_pool).
       dense_batch_norm: Also normalize the dense layer (which then has no
         bias).
