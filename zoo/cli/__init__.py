@@ -1,5 +1,5 @@
 """The `zoo` command, one file per subcommand: list | info | train | eval |
-baselines.
+baselines | export.
 
 Errors the user can fix (bad name, bad key, missing data, bad flags) are
 ZooErrors: they print one line `zoo: error: ...` and exit with status 2, as
@@ -29,11 +29,11 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
   """The parser of every subcommand (each module's `add` registers its own)."""
-  from zoo.cli import baselines, evaluate, info, listing, train
+  from zoo.cli import baselines, evaluate, export, info, listing, train
   parser = _Parser(
       prog="zoo", description="A model zoo for JAX built on Haiku.")
   sub = parser.add_subparsers(dest="command", required=True)
-  for command in (listing, info, train, evaluate, baselines):
+  for command in (listing, info, train, evaluate, baselines, export):
     command.add(sub)
   return parser
 
