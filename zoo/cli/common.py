@@ -26,3 +26,29 @@ def add_common(p: argparse.ArgumentParser) -> None:
                  help="TFDS data dir or folder with IDX files "
                       "(default: $ZOO_DATA_DIR, $TFDS_DATA_DIR, system paths)")
   p.add_argument("--workdir", default=None, help="run directory")
+
+
+def flat_overrides(cfg: dict, prefix: str = "") -> dict:
+  """A resolved config as dotted-key overrides ({"train.epochs": 2, ...})."""
+  out = {}
+  for key, value in cfg.items():
+    if isinstance(value, dict):
+      out.update(flat_overrides(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def entry_for_run(entry, workdir, command: str):
+  """`entry_for_config(cfg)` for loading a run of `entry`: the run's own
+  resolved config (model settings, split, classes), refusing a run of
+  another model with the command to use instead."""
+  from zoo import registry
+
+  def entry_for_config(cfg: dict):
+    if cfg.get("name") and cfg["name"] != entry.name:
+      raise config_lib.ConfigError(
+          f"{workdir} holds a run of {cfg['name']!r}, not {entry.name!r}: "
+          f"run `zoo {command} {cfg['name']} --workdir {workdir}`.")
+    return registry.with_config(entry, flat_overrides(cfg))
+  return entry_for_config

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from zoo import config as config_lib
-from zoo.cli.common import add_common
+from zoo.cli.common import add_common, entry_for_run
 
 
 def add(sub) -> None:
@@ -30,17 +30,6 @@ def add(sub) -> None:
                  help="how many of the most confident mistakes to show "
                       "(default 25)")
   p.set_defaults(func=run)
-
-
-def _flat_overrides(cfg: dict, prefix: str = "") -> dict:
-  """A resolved config as dotted-key overrides ({"train.epochs": 2, ...})."""
-  out = {}
-  for key, value in cfg.items():
-    if isinstance(value, dict):
-      out.update(_flat_overrides(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,13 +53,7 @@ def run(args: argparse.Namespace) -> int:
                                  "writes one) or a checkpoint directory "
                                  "(DIR/checkpoints/step_N).")
   entry = registry.get(args.name)
-  def run_entry(cfg):
-    if cfg.get("name") and cfg["name"] != entry.name:
-      raise config_lib.ConfigError(
-          f"{args.workdir} holds a run of {cfg['name']!r}, not "
-          f"{entry.name!r}: run `zoo eval {cfg['name']} --workdir "
-          f"{args.workdir}`.")
-    return registry.with_config(entry, _flat_overrides(cfg))
+  run_entry = entry_for_run(entry, args.workdir, "eval")
 
   if args.workdir:  # the run's own config; its checkpoint is read once
     entry, params, model_state = run_weights.load_run(args.workdir,

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from zoo import config as config_lib
+from zoo.cli.common import entry_for_run
 from zoo.export import DEFAULT_PLATFORMS, FORMATS
 
 
@@ -39,7 +40,6 @@ def load_weights(args: argparse.Namespace):
   """(entry, params, model_state) from --weights or --workdir; a run is
   loaded with its own resolved config (model overrides included)."""
   from zoo import registry, weights
-  from zoo.cli.evaluate import _flat_overrides
   from zoo.training import run_weights
   if args.weights == "pretrained":
     entry = registry.get(args.name, pretrained=True)
@@ -51,14 +51,8 @@ def load_weights(args: argparse.Namespace):
                                    "directory; give the --workdir of a zoo "
                                    "train run.")
 
-    def run_entry(cfg):
-      if cfg.get("name") and cfg["name"] != entry.name:
-        raise config_lib.ConfigError(
-            f"{args.workdir} holds a run of {cfg['name']!r}, not "
-            f"{entry.name!r}: run `zoo export {cfg['name']} --workdir "
-            f"{args.workdir} ...`.")
-      return registry.with_config(entry, _flat_overrides(cfg))
-    return run_weights.load_run(args.workdir, run_entry)
+    return run_weights.load_run(args.workdir,
+                                entry_for_run(entry, args.workdir, "export"))
   if run_weights.is_checkpoint_dir(args.weights):
     return (entry, *run_weights.load_checkpoint(entry, args.weights))
   if not Path(args.weights).is_file():
