@@ -154,7 +154,7 @@ def build(entry, baseline: Mapping[str, Any] | None = None) -> dict[str, Any]:
               f"entry = zoo.get({entry.name!r}, pretrained=True); "
               "zoo.evaluate(entry, entry.params, entry.model_state) gives "
               "this accuracy exactly with the hardware and versions below "
-              "(tested), and to float tolerance elsewhere"),
+              "(tested); elsewhere the last digits may differ"),
       },
       "baseline": {
           "summary": (f"{100 * b['test_accuracy_mean']:.2f}% ± "
@@ -173,10 +173,11 @@ def build(entry, baseline: Mapping[str, Any] | None = None) -> dict[str, Any]:
       "reproduce": {
           "command": b["command"],
           "what": (f"trains seeds 0..{b['seeds'] - 1} with the config below "
-                   "and records the baseline; these weights are seed 0's. "
-                   f"zoo train {entry.name} --seed 0 --workdir DIR trains "
-                   "seed 0 alone, and with the hardware and versions below "
-                   "ends on params_sha256"),
+                   "and records the baseline; these weights are seed 0's "
+                   f"(zoo train {entry.name} --seed 0 --workdir DIR runs "
+                   "that training alone). params_sha256 identifies the exact "
+                   "result; reproducing it bit for bit needs the hardware "
+                   "and versions below"),
           "config": config,
       },
       "hardware": {
@@ -195,17 +196,18 @@ def _weights(entry, b: Mapping[str, Any]) -> dict[str, Any]:
   """The file: format, digests, members and how to load it."""
   from zoo import npz, weights
   params, model_state = weights.template(entry)
-  members = {f"params{k}": list(v.shape)
-             for k, v in npz.flatten(params).items()}
-  members.update({f"model_state{k}": list(v.shape)
-                  for k, v in npz.flatten(model_state).items()})
+  arrays = {f"params{k}": v for k, v in npz.flatten(params).items()}
+  arrays.update({f"model_state{k}": v
+                 for k, v in npz.flatten(model_state).items()})
+  members = {k: list(v.shape) for k, v in arrays.items()}
   p = b["pretrained"]
   return {
       "file": f"{entry.name}.npz",
       "path_in_package": p["file"],
       "format": ("pickle-free .npz: a zip of .npy arrays, one per parameter "
-                 "(float32, little-endian, C order; no object arrays, "
+                 "or state array (little-endian, C order; no object arrays, "
                  "nothing to unpickle)"),
+      "dtypes": sorted({str(v.dtype) for v in arrays.values()}),
       "sha256": p["sha256"],
       "params_sha256": b["params_sha256_seed0"],
       "params_sha256_is": (
