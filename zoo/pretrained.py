@@ -4,6 +4,7 @@ They are the seed-0 parameters of each measured baseline, written by
 `zoo baselines` in the pickle-free .npz format, with their sha256 and test
 accuracy recorded in zoo/baselines.json. Loading is offline, checks the
 digest, and checks every array's path, shape and dtype against the model.
+Each file's weights card (zoo.cards) ships beside it as <name>.json.
 """
 from __future__ import annotations
 
@@ -31,8 +32,10 @@ def sha256(file: Path) -> str:
 
 
 def attach(entry):
-  """`entry` with `.params` (and `.model_state`) set to its shipped weights."""
-  from zoo import weights
+  """`entry` with `.params` (and `.model_state`) set to its shipped weights,
+  and `.weights_card` to their card (the shipped <name>.json; built from the
+  same records if an install left it out)."""
+  from zoo import cards, weights
   record = (entry.baseline or {}).get("pretrained")
   file = path(entry.name)
   if not record or not file.is_file():
@@ -43,7 +46,10 @@ def attach(entry):
         f"{file} does not match its recorded sha256 ({digest} != "
         f"{record['sha256']}): the file is damaged; reinstall zoo.")
   params, model_state = weights.load(entry, file)
-  return dataclasses.replace(entry, params=params, model_state=model_state)
+  card_file = cards.path(entry.name)
+  card = cards.load(entry.name) if card_file.is_file() else cards.build(entry)
+  return dataclasses.replace(entry, params=params, model_state=model_state,
+                             weights_card=card)
 
 
 def _not_available(entry) -> str:

@@ -74,6 +74,11 @@ class ModelEntry:
 
   (a stateless model's state is {}). `init` / `apply` / `transformed` keep
   Haiku's own signatures, which differ with `stateful`.
+
+  `features(params, images, model_state)` gives the representation the
+  classifier head sees, with the same parameters. `zoo.get(name,
+  pretrained=True)` sets `params`, `model_state` and `weights_card` (what
+  the shipped weights are and how to use them, zoo.cards).
   """
   name: str
   config: dict[str, Any]
@@ -81,6 +86,9 @@ class ModelEntry:
   # Set by zoo.get(name, pretrained=True): the shipped seed-0 weights.
   params: Any = dataclasses.field(default=None, repr=False, compare=False)
   model_state: Any = dataclasses.field(default=None, repr=False, compare=False)
+  # Set with them: their card, a JSON-serialisable dict (zoo.cards.build).
+  weights_card: dict[str, Any] | None = dataclasses.field(
+      default=None, repr=False, compare=False)
 
   @property
   def arch(self) -> str:
@@ -177,6 +185,65 @@ class ModelEntry:
   @property
   def apply(self):
     return self.transformed.apply
+
+  def _features_forward(self) -> Callable[..., jax.Array]:
+    """`features(images, is_training=False) -> (B, width)`, to be
+    transformed: the module's `features` method, on a module built exactly
+    as `_forward` builds it, so Haiku gives every parameter the same name."""
+    input_shape = self.input_shape
+
+    def features(images: jax.Array, is_training: bool = False) -> jax.Array:
+      check_images(images, input_shape)
+      module = self.module()
+      method = getattr(module, "features", None)
+      if not callable(method):
+        raise InputError(
+            f"{self.name}'s module {type(module).__name__} has no "
+            "features(x, is_training=False) method: add one that returns "
+            "what its head sees, decorated with @hk.name_like(\"__call__\") "
+            "so its parameters keep their names, and call it from __call__.")
+      return method(images, is_training=is_training)
+    return features
+
+  @functools.cached_property
+  def features_transformed(self) -> hk.TransformedWithState:
+    """`hk.transform_with_state` of `features(images, is_training=False)`:
+    `.apply(params, model_state, rng, images, is_training) -> (features,
+    model_state)`, with the parameters of `transformed_with_state`."""
+    return hk.transform_with_state(self._features_forward())
+
+  @functools.cached_property
+  def _features_eval(self) -> Callable[..., jax.Array]:
+    apply = self.features_transformed.apply
+    return jax.jit(lambda params, model_state, images:
+                   apply(params, model_state, None, images, False)[0])
+
+  def features(self, params, images: jax.Array,
+               model_state=None) -> jax.Array:
+    """The representation the classifier head sees, (batch, width), in
+    evaluation mode (no dropout; BatchNorm uses its moving averages).
+
+    What it is per architecture: the CNNs' dense layer after its activation
+    (and BatchNorm), before dropout and logits; the MLP's last hidden layer
+    after its activation; the LSTM's last valid hidden state; the ViT's CLS
+    token after the final LayerNorm; for logistic regression the flattened
+    input. The head applied to it gives `apply`'s logits. Compiled with
+    `jax.jit` once per batch shape.
+
+    Args:
+      params: The model's parameters (e.g. `entry.params` of a pretrained
+        entry, or a trained run's).
+      images: float32 (B, H, W, C) in [0, 1] (zoo.data.to_float).
+      model_state: Haiku state (BatchNorm statistics); needed by stateful
+        models (`entry.model_state`), ignored otherwise.
+    """
+    if model_state is None:
+      if self.stateful:
+        raise InputError(
+            f"{self.name} normalizes with BatchNorm statistics: pass them, "
+            "e.g. entry.features(entry.params, images, entry.model_state).")
+      model_state = {}
+    return self._features_eval(params, model_state, images)
 
   def loss(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
     """The configured loss (mean over the batch); L2 is added by the step."""

@@ -1,5 +1,6 @@
 """`zoo baselines [PATTERN] [--seeds N]`: measure reference baselines and
-record them (zoo/baselines.json, shipped seed-0 weights); with --readme and
+record them (zoo/baselines.json, shipped seed-0 weights and their weights
+cards, zoo/pretrained/<name>.npz and .json); with --readme and
 --curves-dir, also regenerate that README's table and copy the curves."""
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def add(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-  from zoo import registry
+  from zoo import pretrained, registry
   from zoo.data.errors import DataNotFoundError
   from zoo.errors import ConfigError
   from zoo.training import baselines
@@ -49,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
       continue
     baselines.record(name, b)
     print(f"{name}: {100 * b['test_accuracy_mean']:.2f}% "
-          f"± {100 * b['test_accuracy_std']:.2f} over {args.seeds} seeds")
+          f"± {100 * b['test_accuracy_std']:.2f} over {args.seeds} seeds; "
+          f"weights and card in {pretrained.PRETRAINED_DIR}")
   if args.readme is not None:
     if not baselines.update_readme(args.readme, args.curves_dir):
       raise ConfigError(f"{args.readme} has no baseline table markers "

@@ -49,8 +49,15 @@ class SmallCNN(hk.Module):
     self.w_init = w_init
     self.dropout = dropout
 
-  def __call__(self, x: jax.Array, is_training: bool = False) -> jax.Array:
-    """(B, H, W, C) images -> (B, num_outputs) logits."""
+  @hk.name_like("__call__")
+  def features(self, x: jax.Array, is_training: bool = False) -> jax.Array:
+    """(B, H, W, C) images -> (B, hidden_size): the dense layer after its
+    activation, before dropout and logits (what the head sees).
+
+    Named like `__call__`, so its layers keep their names (`small_cnn/dense`,
+    not `small_cnn/~features/dense`) and trained weights fit either method.
+    """
+    del is_training  # nothing before the dense layer's output differs
     for i, c in enumerate(self.channels):
       x = hk.Conv2D(c, kernel_shape=3, padding="SAME", w_init=self.w_init,
                     name=f"conv_{i}")(x)
@@ -58,8 +65,12 @@ class SmallCNN(hk.Module):
       x = max_pool(x, window_shape=(1, 2, 2, 1), strides=(1, 2, 2, 1),
                    padding="VALID")
     x = hk.Flatten()(x)
-    x = self.activation(hk.Linear(self.hidden_size, w_init=self.w_init,
-                                  name="dense")(x))
+    return self.activation(hk.Linear(self.hidden_size, w_init=self.w_init,
+                                     name="dense")(x))
+
+  def __call__(self, x: jax.Array, is_training: bool = False) -> jax.Array:
+    """(B, H, W, C) images -> (B, num_outputs) logits."""
+    x = self.features(x, is_training)
     if is_training and self.dropout > 0:
       x = hk.dropout(hk.next_rng_key(), self.dropout, x)
     return hk.Linear(self.num_outputs, w_init=self.w_init, name="logits")(x)

@@ -90,8 +90,15 @@ class BatchNormCNN(hk.Module):
     self.bn_eps = bn_eps
     self.dropout = dropout
 
-  def __call__(self, x: jax.Array, is_training: bool = False) -> jax.Array:
-    """(B, H, W, C) images -> (B, num_outputs) logits."""
+  @hk.name_like("__call__")
+  def features(self, x: jax.Array, is_training: bool = False) -> jax.Array:
+    """(B, H, W, C) images -> (B, hidden_size): the dense layer after its
+    BatchNorm and activation, before dropout and logits (what the head sees).
+
+    Named like `__call__`, so its layers and BatchNorm statistics keep their
+    names and trained weights fit either method. `is_training` chooses batch
+    statistics (and updates the moving averages) or the moving averages.
+    """
     norm = functools.partial(batch_norm, decay=self.bn_decay,
                              eps=self.bn_eps)
     for i, c in enumerate(self.channels):
@@ -105,7 +112,11 @@ class BatchNormCNN(hk.Module):
                   w_init=self.w_init, name="dense")(x)
     if self.dense_batch_norm:
       x = norm(x, is_training, "bn_dense")
-    x = self.activation(x)
+    return self.activation(x)
+
+  def __call__(self, x: jax.Array, is_training: bool = False) -> jax.Array:
+    """(B, H, W, C) images -> (B, num_outputs) logits."""
+    x = self.features(x, is_training)
     if is_training and self.dropout > 0:
       x = hk.dropout(hk.next_rng_key(), self.dropout, x)
     return hk.Linear(self.num_outputs, w_init=self.w_init, name="logits")(x)

@@ -31,8 +31,14 @@ class LogisticRegression(hk.Module):
     self.num_outputs = num_outputs
     self.w_init = w_init
 
+  @hk.name_like("__call__")
+  def features(self, x: jax.Array, is_training: bool = False) -> jax.Array:
+    """(B, H, W, C) images -> (B, H*W*C): the input itself, flattened, which
+    is all a linear model's head sees."""
+    del is_training  # no dropout or normalization
+    return hk.Flatten()(x)
+
   def __call__(self, x: jax.Array, is_training: bool = False) -> jax.Array:
     """(B, H, W, C) images -> (B, num_outputs) logits."""
-    del is_training  # no dropout or normalization
-    x = hk.Flatten()(x)
+    x = self.features(x, is_training)
     return hk.Linear(self.num_outputs, w_init=self.w_init, name="linear")(x)

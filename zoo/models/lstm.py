@@ -76,10 +76,17 @@ class LSTMClassifier(hk.Module):
     self.w_init = w_init
     self.dropout = dropout
 
-  def __call__(self, x: jax.Array, is_training: bool = False,
+  @hk.name_like("__call__")
+  def features(self, x: jax.Array, is_training: bool = False,
                lengths: jax.Array | None = None) -> jax.Array:
-    """`x`: (B, H, W, C) images; `lengths`: (B,) valid rows per image (None:
-    all H). Returns (B, num_outputs) logits."""
+    """(B, H, W, C) images -> (B, hidden_size): the top layer's hidden state
+    after the last valid step (what the head sees, before its dropout).
+
+    Named like `__call__`, so the cores keep their names
+    (`lstm_classifier/lstm_<i>`) and trained weights fit either method.
+    `lengths` as in `__call__`.
+    """
+    del is_training  # the recurrence has no dropout
     seq = image_to_sequence(x)
     steps, batch = seq.shape[:2]
     mask = sequence_mask(lengths, batch, steps)
@@ -99,7 +106,13 @@ class LSTMClassifier(hk.Module):
 
     _, final = hk.dynamic_unroll(step, (seq, mask), initial, time_major=True)
     # The top layer's hidden state after the last valid step = its output.
-    out = final[-1].hidden
+    return final[-1].hidden
+
+  def __call__(self, x: jax.Array, is_training: bool = False,
+               lengths: jax.Array | None = None) -> jax.Array:
+    """`x`: (B, H, W, C) images; `lengths`: (B,) valid rows per image (None:
+    all H). Returns (B, num_outputs) logits."""
+    out = self.features(x, is_training, lengths)
     if is_training and self.dropout > 0:
       out = hk.dropout(hk.next_rng_key(), self.dropout, out)
     return hk.Linear(self.num_outputs, w_init=self.w_init, name="head")(out)

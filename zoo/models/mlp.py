@@ -42,9 +42,27 @@ class MLPClassifier(hk.Module):
                            activation=activation, name="mlp")
     self.dropout = dropout
 
+  @hk.name_like("__call__")
+  def features(self, x: jax.Array, is_training: bool = False) -> jax.Array:
+    """(B, H, W, C) images -> (B, hidden_sizes[-1]): the last hidden layer
+    after its activation (what the output layer sees).
+
+    Runs `self.mlp`'s hidden layers exactly as `hk.nets.MLP.__call__` does
+    (in training: dropout, then activation, one key per layer from a
+    `hk.PRNGSequence` of one `hk.next_rng_key()`), so `__call__` computes
+    what `self.mlp(x, dropout_rate, rng)` did, with the same parameter names
+    (`mlp_classifier/~/mlp/~/linear_<i>`).
+    """
+    x = hk.Flatten()(x)
+    dropout = is_training and self.dropout > 0
+    rng = hk.PRNGSequence(hk.next_rng_key()) if dropout else None
+    for layer in self.mlp.layers[:-1]:
+      x = layer(x)
+      if dropout:
+        x = hk.dropout(next(rng), self.dropout, x)
+      x = self.mlp.activation(x)
+    return x
+
   def __call__(self, x: jax.Array, is_training: bool = False) -> jax.Array:
     """(B, H, W, C) images -> (B, num_outputs) logits."""
-    x = hk.Flatten()(x)
-    if is_training and self.dropout > 0:
-      return self.mlp(x, dropout_rate=self.dropout, rng=hk.next_rng_key())
-    return self.mlp(x)
+    return self.mlp.layers[-1](self.features(x, is_training))

@@ -126,10 +126,16 @@ class ViT(hk.Module):
     self.w_init = w_init
     self.dropout = dropout
 
-  def __call__(self, x: jax.Array, is_training: bool = False,
+  @hk.name_like("__call__")
+  def features(self, x: jax.Array, is_training: bool = False,
                mask: jax.Array | None = None) -> jax.Array:
-    """`x`: (B, H, W, C) images; `mask`: (B, num_patches) bool, True for the
-    patch tokens to attend to (None: all). Returns (B, num_outputs)."""
+    """(B, H, W, C) images -> (B, dim): the CLS token after the final
+    LayerNorm (what the head sees). `mask` as in `__call__`.
+
+    Named like `__call__`, so every parameter keeps its name (`vit/block_0/
+    ...`, `vit/ln_final`, `vit`'s own `cls_token`) and trained weights fit
+    either method.
+    """
     tokens = hk.Linear(self.dim, w_init=self.w_init, name="patch_embedding")(
         patchify(x, self.patch_size))
     batch, n = tokens.shape[:2]
@@ -155,8 +161,14 @@ class ViT(hk.Module):
                                 self.w_init, self.dropout,
                                 name=f"block_{i}")(tokens, attn_mask,
                                                    is_training)
-    cls_out = hk.LayerNorm(axis=-1, create_scale=True, create_offset=True,
-                           name="ln_final")(tokens[:, 0])
+    return hk.LayerNorm(axis=-1, create_scale=True, create_offset=True,
+                        name="ln_final")(tokens[:, 0])
+
+  def __call__(self, x: jax.Array, is_training: bool = False,
+               mask: jax.Array | None = None) -> jax.Array:
+    """`x`: (B, H, W, C) images; `mask`: (B, num_patches) bool, True for the
+    patch tokens to attend to (None: all). Returns (B, num_outputs)."""
+    cls_out = self.features(x, is_training, mask)
     return hk.Linear(self.num_outputs, w_init=self.w_init, name="head")(cls_out)
 
   def _drop(self, x, is_training):

@@ -1,6 +1,7 @@
 """Reference baselines: train each model over several seeds with its own
 config, record mean and spread in zoo/baselines.json (read by the registry as
-`entry.baseline`) and regenerate the README's table from that file."""
+`entry.baseline`), ship seed 0's weights with their weights card (zoo.cards)
+and regenerate the README's table from that file."""
 from __future__ import annotations
 
 import datetime
@@ -75,13 +76,18 @@ def measure(name: str, seeds: int = 3, *, data_dir: str | None = None,
 
 
 def record(name: str, baseline: dict[str, Any]) -> None:
-  """Stores one model's baseline in zoo/baselines.json (sorted, atomic)."""
+  """Stores one model's baseline in zoo/baselines.json (sorted, atomic) and,
+  when it ships weights (`measure` does), their card beside them
+  (zoo/pretrained/<name>.json), built from this same record."""
   path = registry.BASELINES_FILE
   data = json.loads(path.read_text()) if path.exists() else {}
   data[name] = baseline
   tmp = path.with_suffix(".json.tmp")
   tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
   os.replace(tmp, path)
+  if baseline.get("pretrained"):
+    from zoo import cards
+    cards.write(registry.get(name), baseline)
 
 
 def _available(dataset: str) -> bool:
