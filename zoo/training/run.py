@@ -21,8 +21,8 @@ from zoo.training import checkpoint as ckpt_lib
 from zoo.training import strategies
 from zoo.training.fingerprint import params_sha256
 from zoo.training.optim import optimizer
-from zoo.training.state import (TrainState, head_modules, init_state,
-                                init_weights)
+from zoo.training.state import (TrainState, check_weights, head_modules,
+                                init_state, init_weights)
 from zoo.training.workdir import Workdir, WorkdirError, fs_errors
 
 log = logging.getLogger("zoo.train")
@@ -72,10 +72,13 @@ def prepare(name_or_entry, overrides: dict[str, Any], *, data_dir=None,
            else name_or_entry)
   if overrides:
     entry = registry.with_config(entry, overrides)
+  # The weights to start from, if any, are read (and checked) first.
+  weights = init_weights(entry) if entry.config["train"]["init_from"] else None
   entry, train_split, test_split = load_data(entry, own_data, data_dir)
+  if weights is not None:
+    check_weights(entry, weights)
   cfg = entry.config
   tcfg = cfg["train"]
-  weights = init_weights(entry) if tcfg["init_from"] else None
   strat = strategies.make(strategy, devices)
   batch = tcfg["batch_size"]
   strat.check_batch(batch)

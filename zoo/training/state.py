@@ -96,6 +96,17 @@ def init_weights(entry) -> tuple[Any, Any, str]:
   return split("params"), split("model_state"), str(path)
 
 
+def check_weights(entry, weights) -> None:
+  """Raises the error merge_weights would, from shapes alone (no device
+  work), so that weights that do not fit stop a run before it starts."""
+  params, model_state = jax.eval_shape(
+      entry.init_with_state, jax.random.PRNGKey(0), entry.example_input())
+  loaded_params, loaded_state, where = weights
+  head = head_modules(entry)
+  merge_weights(params, loaded_params, head, "params", where)
+  merge_weights(model_state, loaded_state, head, "model_state", where)
+
+
 def merge_weights(fresh, loaded: dict, head: frozenset[str], what: str,
                   where: str):
   """`fresh` (a params or model-state tree) with each leaf replaced by the
@@ -111,7 +122,7 @@ def merge_weights(fresh, loaded: dict, head: frozenset[str], what: str,
   for (path, leaf), key in zip(flat, keys):
     got = loaded.get(key)
     if got is not None and got.shape == leaf.shape and got.dtype == leaf.dtype:
-      leaves.append(jnp.asarray(got))
+      leaves.append(got)
       continue
     if got is None or path[0].key not in head:
       why = ("is missing" if got is None else
