@@ -39,6 +39,12 @@ DEFAULTS: Config = {
         "classes": [],          # keep only these class ids, relabelled 0..k-1
         "train_split": "train",  # TFDS split syntax, e.g. "train[:90%]"
         "test_split": "test",
+        # Your own arrays (dataset "custom", set by zoo.train(data=...)):
+        # their image shape, class names and sha256, so that the entry is
+        # sized to them and a resume with other arrays is refused.
+        "image_shape": [],
+        "class_names": [],
+        "sha256": "",
     },
     "loss": {
         "name": "softmax_cross_entropy",
@@ -63,6 +69,10 @@ DEFAULTS: Config = {
         # Forward and backward pass in bfloat16 (jmp policy); parameters,
         # optimizer state, loss and evaluation stay float32.
         "compute_dtype": "float32",  # float32 | bfloat16
+        # Start from these weights ("pretrained", or a weights .npz; "" =
+        # fresh from the seed); heads of another shape start fresh.
+        "init_from": "",
+        "trainable": "all",     # all | head (the layer producing the logits)
     },
 }
 
@@ -335,6 +345,12 @@ VALUE_RANGES: dict[str, Allowed] = {
     "train.on_nonfinite": one_of(_fixed("stop", "skip"), "policy"),
     "train.loop": one_of(_fixed("auto", "scan", "python"), "loop"),
     "train.compute_dtype": one_of(_fixed(*COMPUTE_DTYPES), "compute dtype"),
+    "train.init_from": Allowed(
+        "'', 'pretrained' or the path of a weights .npz file",
+        lambda v: isinstance(v, str) and (v in ("", "pretrained")
+                                          or v.endswith(".npz")),
+        "e.g. init_from='pretrained' or a file written by zoo.weights.save"),
+    "train.trainable": one_of(_fixed("all", "head"), "trainable set"),
     "schedule.name": one_of(_fixed("constant", "cosine", "warmup_cosine",
                                    "linear"), "schedule"),
     "schedule.warmup_steps": int_range(0, hint="use 0 for no warm-up"),

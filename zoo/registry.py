@@ -29,6 +29,7 @@ from zoo import config as config_lib
 from zoo import losses
 from zoo import models  # noqa: F401  (registers the built-in architectures)
 from zoo.data import catalog
+from zoo.data.catalog import CUSTOM
 from zoo.data.errors import UnknownDatasetError
 from zoo.errors import (ConfigError, InputError, UnknownModelError, ZooError,
                         close_matches)
@@ -107,10 +108,14 @@ class ModelEntry:
   @property
   def input_shape(self) -> tuple[int, int, int]:
     """(H, W, C) of one float32 image in [0, 1]."""
+    if self.dataset == CUSTOM:  # your own arrays: their shape is recorded
+      return tuple(self.config["data"]["image_shape"])
     return catalog.get(self.dataset).image_shape
 
   @property
   def class_names(self) -> tuple[str, ...]:
+    if self.dataset == CUSTOM:
+      return tuple(self.config["data"]["class_names"])
     names = catalog.get(self.dataset).class_names
     classes = self.config["data"]["classes"]
     return tuple(names[c] for c in classes) if classes else names
@@ -289,17 +294,53 @@ def _dataset_info(name: Any) -> catalog.DatasetInfo:
         + f" Known: {', '.join(sorted(catalog.DATASETS))}.") from None
 
 
-def _check_data(cfg: Mapping[str, Any]) -> None:
-  """The dataset exists, `data.classes` are distinct ids within it, the
-  splits parse, and a model's `patch_size` (if it has one) tiles its images."""
-  info = _dataset_info(cfg["data"]["dataset"])
+def _check_patch(cfg: Mapping[str, Any], shape, dataset: str) -> None:
+  """A model's `patch_size` (if it has one) tiles its images."""
   patch = cfg["model"].get("patch_size")
-  h, w = info.image_shape[:2]
+  h, w = shape[:2]
   if isinstance(patch, int) and (h % patch or w % patch):
     divisors = [p for p in range(1, min(h, w) + 1) if not h % p and not w % p]
     raise ConfigError(
-        f"model.patch_size must divide the {h}x{w} images of {info.name}, got "
+        f"model.patch_size must divide the {h}x{w} images of {dataset}, got "
         f"{patch}: choose one of {', '.join(map(str, divisors))}.")
+
+
+def _check_custom(cfg: Mapping[str, Any]) -> None:
+  """Dataset "custom" (your own arrays, zoo.data.arrays) records their
+  image shape, two or more class names and their sha256; a catalog dataset
+  records none of these."""
+  d = cfg["data"]
+  if d["dataset"] != CUSTOM:
+    for key in ("image_shape", "class_names", "sha256"):
+      if d[key]:
+        raise ConfigError(
+            f"data.{key} describes your own arrays; it is set by "
+            "zoo.train(name, data=..., test_data=...) or zoo train --data, "
+            "not by hand: remove it.")
+    return
+  shape, names, digest = d["image_shape"], d["class_names"], d["sha256"]
+  if (len(shape) != 3 or not all(isinstance(v, int) and v > 0 for v in shape)
+      or len(names) < 2 or not isinstance(digest, str) or len(digest) != 64
+      or d["classes"]):
+    raise ConfigError(
+        "data.dataset 'custom' is your own arrays: pass them with "
+        "zoo.train(name, data=(images, labels), test_data=...) or zoo train "
+        "NAME --data FILE.npz rather than setting data.* by hand.")
+  _check_patch(cfg, shape, "your data")
+  if cfg["loss"]["name"] == "binary_cross_entropy" and len(names) != 2:
+    raise ConfigError(f"binary_cross_entropy needs exactly two classes; your "
+                      f"labels have {len(names)}: use a softmax model.")
+
+
+def _check_data(cfg: Mapping[str, Any]) -> None:
+  """The dataset exists, `data.classes` are distinct ids within it, the
+  splits parse, and a model's `patch_size` (if it has one) tiles its images.
+  Your own arrays (dataset "custom") are checked by _check_custom."""
+  _check_custom(cfg)
+  if cfg["data"]["dataset"] == CUSTOM:
+    return
+  info = _dataset_info(cfg["data"]["dataset"])
+  _check_patch(cfg, info.image_shape, info.name)
   classes = cfg["data"]["classes"]
   bad = [c for c in classes if not isinstance(c, int) or
          not 0 <= c < info.num_classes]

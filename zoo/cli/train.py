@@ -23,6 +23,16 @@ def add(sub) -> None:
                  choices=["auto", "jit", "pmap", "mesh"],
                  help="auto: jit on one device, pmap on several")
   p.add_argument("--checkpoint-every", type=int, help="steps between saves")
+  p.add_argument("--data", metavar="FILE.npz",
+                 help="train on your own arrays: an .npz with train_images, "
+                      "train_labels, test_images, test_labels")
+  p.add_argument("--num-classes", type=int,
+                 help="with --data: classes of the head (default: max label "
+                      "+ 1)")
+  p.add_argument("--init-from", metavar="pretrained|FILE.npz",
+                 help="start from the shipped pretrained weights or a weights "
+                      ".npz (a head of another shape starts fresh); "
+                      "--set train.trainable=head trains only the head")
   p.add_argument("--set", action="append", metavar="KEY=VALUE",
                  help="config override, e.g. optimizer.learning_rate=3e-4")
   p.add_argument("--coordinator-address", help="multi-host: host:port of "
@@ -46,7 +56,8 @@ def add(sub) -> None:
 # Flags that set a config key (attribute -> key): an error about the key
 # names the flag too.
 _FLAG_KEYS = {"epochs": "train.epochs", "batch_size": "train.batch_size",
-              "seed": "train.seed", "checkpoint_every": "train.checkpoint_every"}
+              "seed": "train.seed", "checkpoint_every": "train.checkpoint_every",
+              "init_from": "train.init_from"}
 
 
 def _check_train_args(args: argparse.Namespace) -> dict:
@@ -80,11 +91,38 @@ def _with_flags(entry, overrides: dict, args: argparse.Namespace):
     raise
 
 
+def _own_data(entry, args: argparse.Namespace):
+  """(entry, train()'s own-data arguments) for --data FILE.npz, the arrays
+  read safely and checked (and the entry sized to them) here, before any
+  device work; (entry, {}) without --data. A missing --init-from file is
+  reported here too."""
+  from pathlib import Path as _Path
+  from zoo import npz
+  init_from = entry.config["train"]["init_from"]
+  if init_from not in ("", "pretrained") and not _Path(init_from).is_file():
+    raise npz.WeightsNotFoundError(
+        f"--init-from {init_from}: no such file; pass a weights .npz written "
+        "by zoo.weights.save, or 'pretrained'.")
+  if args.data is None:
+    if args.num_classes is not None:
+      raise ConfigValueError("--num-classes", args.num_classes,
+                             "used with --data FILE.npz",
+                             "leave it out for the model's own dataset")
+    return entry, {}
+  from zoo.data import arrays
+  from zoo.training import run as run_lib
+  train, test = arrays.read_npz(args.data)
+  own = {"data": train, "test_data": test, "num_classes": args.num_classes}
+  entry, _, _ = run_lib.load_data(entry, own)
+  return entry, own
+
+
 def run(args: argparse.Namespace) -> int:
   from zoo import registry
   # Validate everything before any device work.
   overrides = _check_train_args(args)
   entry = _with_flags(registry.get(args.name), overrides, args)
+  entry, own_data = _own_data(entry, args)
   distributed.initialize(args.coordinator_address, args.num_processes,
                          args.process_id, timeout=args.init_timeout,
                          peer_timeout=args.peer_timeout)
@@ -98,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     try:
       out = train(entry, workdir=args.workdir, data_dir=args.data_dir,
                   strategy=args.strategy, devices=args.devices,
-                  progress=progress)
+                  progress=progress, **own_data)
     except Preempted as e:
       print(f"zoo: preempted: {e}", file=sys.stderr)
       return PREEMPTED_EXIT_CODE

@@ -84,8 +84,18 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
+# The dataset name of a run on your own arrays (zoo.data.arrays).
+CUSTOM = "custom"
+
+
 def get(name: str) -> DatasetInfo:
   """Returns the catalog entry for `name`, or UnknownDatasetError listing valid names."""
+  if name == CUSTOM:
+    raise UnknownDatasetError(
+        "this run trained on your own arrays (dataset 'custom'), which zoo "
+        "does not keep: its result.json holds the accuracy on your test_data; "
+        "for other images call entry.apply_with_state(params, model_state, "
+        "None, images) yourself.")
   try:
     return DATASETS[name]
   except (KeyError, TypeError):  # TypeError: unhashable, e.g. a list from a config

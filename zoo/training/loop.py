@@ -32,7 +32,7 @@ __all__ = ["train", "TrainResult", "NonFiniteError", "Preempted",
 
 # Keyword arguments of train() that are not config keys.
 RUN_OPTIONS = ("workdir", "data_dir", "strategy", "devices", "progress",
-               "resume")
+               "resume", "data", "test_data", "num_classes", "class_names")
 
 
 @dataclasses.dataclass
@@ -48,7 +48,9 @@ class TrainResult:
 def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
           data_dir: str | None = None, strategy: str = "auto",
           devices: int | None = None, progress: bool | str | None = None,
-          resume: bool = True, **overrides) -> TrainResult:
+          resume: bool = True, data=None, test_data=None,
+          num_classes: int | None = None, class_names=None,
+          **overrides) -> TrainResult:
   """Trains a registered model and returns its parameters and metrics.
 
   `overrides` are config keys, dotted ("optimizer.learning_rate") or bare
@@ -60,11 +62,20 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
   deleting its checkpoints. `progress`: "bar" (True), "lines" (one flushed
   line per epoch as it ends) or False; by default a bar on a terminal,
   lines otherwise.
+
+  Your own arrays: `data=(images, labels)`, `test_data=(images, labels)`,
+  images uint8 (0..255) or float (0..1) NHWC of the model's input shape,
+  integer labels 0..k-1; the head is sized to k = max label + 1 (or
+  `num_classes`, or len(`class_names`)); see zoo.data.arrays.
+  Fine-tuning: `init_from="pretrained"` or a weights .npz, and
+  `trainable="head"` to train only the layer producing the logits.
   """
   t_start = time.perf_counter()
   mode = progress_mode(progress, sys.stderr.isatty())
+  own_data = {"data": data, "test_data": test_data,
+              "num_classes": num_classes, "class_names": class_names}
   run = run_lib.prepare(name_or_entry, overrides, data_dir=data_dir,
-                        strategy=strategy, devices=devices)
+                        strategy=strategy, devices=devices, own_data=own_data)
   tcfg = run.config["train"]
   with contextlib.ExitStack() as stack:
     run_dir = (stack.enter_context(Workdir(workdir, jax.process_index()))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import optax
 
 from zoo import config as config_lib
@@ -33,12 +34,32 @@ def schedule(cfg: dict[str, Any], total_steps: int) -> optax.Schedule:
   raise ConfigError(f"unknown schedule {s['name']!r}")
 
 
-def optimizer(cfg: dict[str, Any], total_steps: int) -> optax.GradientTransformation:
+def optimizer(cfg: dict[str, Any], total_steps: int,
+              head: frozenset[str] = frozenset()) -> optax.GradientTransformation:
   """The optax optimizer named in `cfg["optimizer"]`, driven by the schedule.
 
   Keys other than `name` are passed to the optax function as they are named
-  there (e.g. b1, b2, eps, momentum, nesterov, weight_decay).
+  there (e.g. b1, b2, eps, momentum, nesterov, weight_decay). With
+  `train.trainable = "head"` only the modules in `head` (the layer producing
+  the logits, zoo.training.state.head_modules) are updated: an
+  `optax.multi_transform` gives every other leaf `optax.set_to_zero()`, so
+  they keep their values exactly (and no optimizer state).
   """
+  tx = _optimizer(cfg, total_steps)
+  if cfg["train"]["trainable"] == "all":
+    return tx
+  if not head:
+    raise ConfigError("train.trainable='head' needs the model's head modules.")
+
+  def labels(params):
+    return {m: jax.tree.map(lambda _: "head" if m in head else "frozen", leaves)
+            for m, leaves in params.items()}
+  return optax.multi_transform({"head": tx, "frozen": optax.set_to_zero()},
+                               labels)
+
+
+def _optimizer(cfg: dict[str, Any], total_steps: int) -> optax.GradientTransformation:
+  """The configured optimizer for every parameter (see `optimizer`)."""
   opt = dict(cfg["optimizer"])
   name = opt.pop("name")
   opt.pop("learning_rate")

@@ -15,12 +15,14 @@ import numpy as np
 
 from zoo import config as config_lib
 from zoo import data, registry
+from zoo.data import arrays
 from zoo.errors import ConfigError, ZooError
 from zoo.training import checkpoint as ckpt_lib
 from zoo.training import strategies
 from zoo.training.fingerprint import params_sha256
 from zoo.training.optim import optimizer
-from zoo.training.state import TrainState, init_state
+from zoo.training.state import (TrainState, check_weights, head_modules,
+                                init_state, init_weights)
 from zoo.training.workdir import Workdir, WorkdirError, fs_errors
 
 log = logging.getLogger("zoo.train")
@@ -59,20 +61,24 @@ class Run:
 
 
 def prepare(name_or_entry, overrides: dict[str, Any], *, data_dir=None,
-            strategy: str = "auto", devices: int | None = None) -> Run:
+            strategy: str = "auto", devices: int | None = None,
+            own_data: dict[str, Any] | None = None) -> Run:
   """Resolves and validates the config, loads (and verifies) the data,
-  picks the strategy and builds the initial state; writes nothing."""
+  picks the strategy and builds the initial state; writes nothing.
+
+  `own_data`: train()'s data, test_data, num_classes and class_names, for a
+  run on your own arrays (zoo.data.arrays) instead of the config's dataset."""
   entry = (registry.get(name_or_entry) if isinstance(name_or_entry, str)
            else name_or_entry)
   if overrides:
     entry = registry.with_config(entry, overrides)
+  # The weights to start from, if any, are read (and checked) first.
+  weights = init_weights(entry) if entry.config["train"]["init_from"] else None
+  entry, train_split, test_split = load_data(entry, own_data, data_dir)
+  if weights is not None:
+    check_weights(entry, weights)
   cfg = entry.config
   tcfg = cfg["train"]
-  classes = cfg["data"]["classes"] or None
-  train_split = data.load(entry.dataset, cfg["data"]["train_split"],
-                          data_dir=data_dir, classes=classes)
-  test_split = data.load(entry.dataset, cfg["data"]["test_split"],
-                         data_dir=data_dir, classes=classes)
   strat = strategies.make(strategy, devices)
   batch = tcfg["batch_size"]
   strat.check_batch(batch)
@@ -82,10 +88,35 @@ def prepare(name_or_entry, overrides: dict[str, Any], *, data_dir=None,
     raise ZooError(f"batch size {batch} exceeds the {n_train} training "
                    "examples; lower --batch-size.")
   total_steps = tcfg["epochs"] * steps_per_epoch
-  tx = optimizer(cfg, total_steps)
-  state = jax.device_get(init_state(entry, tx, tcfg["seed"]))
+  head = head_modules(entry) if tcfg["trainable"] == "head" else frozenset()
+  tx = optimizer(cfg, total_steps, head)
+  state = jax.device_get(init_state(entry, tx, tcfg["seed"], weights))
   return Run(entry, strat, train_split, test_split, tx, state,
              steps_per_epoch, total_steps)
+
+
+def load_data(entry: registry.ModelEntry, own_data: dict[str, Any] | None,
+              data_dir=None):
+  """(entry, train Split, test Split): the config's dataset, or your own
+  arrays (checked, with the entry resized to their classes: dataset
+  "custom", see zoo.data.arrays)."""
+  if own_data is not None and (own_data.get("data") is not None or
+                               own_data.get("test_data") is not None):
+    train_split, test_split, custom = arrays.splits(
+        own_data.get("data"), own_data.get("test_data"), entry.input_shape,
+        num_classes=own_data.get("num_classes"),
+        class_names=own_data.get("class_names"))
+    return registry.with_config(entry, custom), train_split, test_split
+  if own_data and any(v is not None for v in own_data.values()):
+    raise ConfigError("num_classes and class_names describe your own arrays: "
+                      "pass them with data=(images, labels) and test_data=.")
+  cfg = entry.config
+  classes = cfg["data"]["classes"] or None
+  train_split = data.load(entry.dataset, cfg["data"]["train_split"],
+                          data_dir=data_dir, classes=classes)
+  test_split = data.load(entry.dataset, cfg["data"]["test_split"],
+                         data_dir=data_dir, classes=classes)
+  return entry, train_split, test_split
 
 
 def versions() -> dict[str, str]:

@@ -1,10 +1,13 @@
 """The training state: everything a step reads and writes, as one pytree."""
 from __future__ import annotations
 
+import logging
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+log = logging.getLogger("zoo.train")
 
 
 class TrainState(NamedTuple):
@@ -21,13 +24,118 @@ class TrainState(NamedTuple):
   skipped: jax.Array
 
 
-def init_state(entry, tx, seed: int) -> TrainState:
-  """Initializes parameters (and model state) of `entry` from `seed`."""
+def init_state(entry, tx, seed: int, weights=None) -> TrainState:
+  """Initializes parameters (and model state) of `entry` from `seed`, then,
+  given `weights` (init_weights' triple), takes every leaf from them but a
+  head of another shape (logged as re-initialised)."""
   init_key, rng = jax.random.split(jax.random.PRNGKey(seed))
   x = entry.example_input()
   params, model_state = entry.init_with_state(init_key, x, is_training=True)
+  if weights is not None:
+    loaded_params, loaded_state, where = weights
+    head = head_modules(entry)
+    params, fresh = merge_weights(params, loaded_params, head, "params", where)
+    model_state, fresh_state = merge_weights(model_state, loaded_state, head,
+                                             "model_state", where)
+    fresh += fresh_state
+    log.info("initialised from %s; %s", where,
+             f"re-initialised (another shape): {', '.join(fresh)}" if fresh
+             else "no leaf re-initialised")
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
       opt_state=tx.init(params), rng=rng,
       nonfinite_step=jnp.full((), -1, jnp.int32),
       skipped=jnp.zeros((), jnp.int32))
+
+
+def head_modules(entry) -> frozenset[str]:
+  """Names of the modules that produce the logits: those whose parameter
+  shapes depend on the number of outputs (found by tracing the constructor
+  with two widths, no device work). Every architecture has one, whatever it
+  names it (`logits`, `head`, `linear`, hk.nets.MLP's last `linear_N`)."""
+  import haiku as hk
+  from zoo import config as config_lib
+  build = entry.architecture.build
+  kwargs = config_lib.model_kwargs(build, entry.config["model"])
+
+  def shapes(num_outputs: int):
+    def forward(x):
+      return build(num_outputs, **kwargs)(x, is_training=True)
+    params, _ = jax.eval_shape(hk.transform_with_state(forward).init,
+                               jax.random.PRNGKey(0), entry.example_input())
+    return params
+  a, b = shapes(entry.num_outputs), shapes(entry.num_outputs + 1)
+  return frozenset(m for m in a if any(a[m][k].shape != b[m][k].shape
+                                       for k in a[m]))
+
+
+def init_weights(entry) -> tuple[Any, Any, str]:
+  """(params, model_state, where) that `train.init_from` names: the entry's
+  shipped pretrained weights (for its registered config) or a weights .npz
+  (zoo.weights.save), read pickle-free with a size bound; each as a
+  {tree path: array} dict, matched to the model by `merge_weights`."""
+  from pathlib import Path
+  from zoo import npz, pretrained, registry
+  source = entry.config["train"]["init_from"]
+  if source == "pretrained":
+    registered = pretrained.attach(registry.get(entry.name))
+    return (npz.flatten(registered.params), npz.flatten(registered.model_state),
+            f"the pretrained weights of {entry.name}")
+  path = Path(source)
+  if not path.is_file():
+    raise npz.WeightsNotFoundError(
+        f"train.init_from: {path} is not a file: pass a weights .npz written "
+        "by zoo.weights.save, or 'pretrained'.")
+  # A bound from the model's own size (the head may differ; 4x leaves room).
+  params, _ = jax.eval_shape(entry.init_with_state, jax.random.PRNGKey(0),
+                             entry.example_input())
+  size = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+  arrays = npz.read_npz(path, max_bytes=4 * size + (1 << 20))
+  split = lambda p: {k[len(p):]: v for k, v in arrays.items()
+                     if k.startswith(p)}
+  return split("params"), split("model_state"), str(path)
+
+
+def check_weights(entry, weights) -> None:
+  """Raises the error merge_weights would, from shapes alone (no device
+  work), so that weights that do not fit stop a run before it starts."""
+  params, model_state = jax.eval_shape(
+      entry.init_with_state, jax.random.PRNGKey(0), entry.example_input())
+  loaded_params, loaded_state, where = weights
+  head = head_modules(entry)
+  merge_weights(params, loaded_params, head, "params", where)
+  merge_weights(model_state, loaded_state, head, "model_state", where)
+
+
+def merge_weights(fresh, loaded: dict, head: frozenset[str], what: str,
+                  where: str):
+  """`fresh` (a params or model-state tree) with each leaf replaced by the
+  loaded one of the same path; head leaves whose shape differs keep their
+  fresh value (a new head for another number of classes). Any other
+  mismatch is an error naming the leaf. Returns (tree, re-initialised
+  paths)."""
+  from zoo import npz
+  flat, treedef = jax.tree_util.tree_flatten_with_path(fresh)
+  keys = [jax.tree_util.keystr(p) for p, _ in flat]
+  extra = sorted(set(loaded) - set(keys))
+  leaves, fresh_keys = [], []
+  for (path, leaf), key in zip(flat, keys):
+    got = loaded.get(key)
+    if got is not None and got.shape == leaf.shape and got.dtype == leaf.dtype:
+      leaves.append(got)
+      continue
+    if got is None or path[0].key not in head:
+      why = ("is missing" if got is None else
+             f"has shape {got.shape} {got.dtype}, the model "
+             f"{leaf.shape} {leaf.dtype}")
+      raise npz.CheckpointError(
+          f"train.init_from: {what}{key} of {where} {why}; only the head "
+          f"({', '.join(sorted(head))}) may differ. Were they saved for "
+          "another architecture or model config?")
+    leaves.append(leaf)
+    fresh_keys.append(key)
+  if extra:
+    raise npz.CheckpointError(
+        f"train.init_from: {where} holds {what}{extra[0]}, which the model "
+        "lacks. Were they saved for another architecture or model config?")
+  return jax.tree_util.tree_unflatten(treedef, leaves), fresh_keys
