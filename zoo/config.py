@@ -74,6 +74,13 @@ DEFAULTS: Config = {
         "init_from": "",
         "trainable": "all",     # all | head (the layer producing the logits)
     },
+    # On-device augmentation of training images (zoo.data.augment); off by
+    # default. crop_padding must also be at most half the image's size.
+    "augment": {
+        "crop_padding": 0,      # pad P pixels, then a random HxW crop; 0: off
+        "padding_mode": "zero",  # zero | reflect
+        "flip": False,          # mirror left-right with probability 0.5
+    },
 }
 
 _SECTIONS = [k for k, v in DEFAULTS.items() if isinstance(v, dict)]
@@ -361,6 +368,10 @@ VALUE_RANGES: dict[str, Allowed] = {
     "loss.label_smoothing": float_range(0, 1, hi_open=True,
                                         hint="e.g. 0.1, or 0 for none"),
     "loss.l2": float_range(0, hint="the weight of the L2 penalty; 0 for none"),
+    "augment.crop_padding": int_range(
+        0, hint="pixels of padding before a random crop, e.g. 2 or 4; 0 for "
+        "none"),
+    "augment.padding_mode": one_of(_fixed("zero", "reflect"), "padding mode"),
 }
 
 

@@ -132,3 +132,24 @@ def test_checkpoint_io_compares_both_formats_on_the_same_state(capsys):
   with tempfile.TemporaryDirectory() as d:
     back = bench.npz_restore(bench.npz_save(Path(d), 1, state), state)
   jax.tree.map(np.testing.assert_array_equal, back, state)
+
+
+def test_augment_bench_times_both_sides_and_reports_the_ratio(tmp_path,
+                                                              capsys):
+  bench = _load("augment")
+  out = tmp_path / "augment.json"
+  rows = bench.main(["--models", "logreg_fashion_mnist", "--batch-size", "32",
+                     "--steps", "3", "--repeats", "1", "--crop-padding", "2",
+                     "--json", str(out)])
+  (row,) = json.loads(out.read_text())["rows"]
+  assert row == rows[0]
+  assert row["off_images_per_second"] > 0 and row["on_images_per_second"] > 0
+  assert row["ratio"] == pytest.approx(
+      row["on_images_per_second"] / row["off_images_per_second"])
+  assert row["augment"] == {"augment.crop_padding": 2, "augment.flip": True,
+                            "augment.padding_mode": "zero"}
+  assert row["on_config"] == {"crop_padding": 2, "padding_mode": "zero",
+                              "flip": True}
+  assert row["off_config"]["crop_padding"] == 0
+  assert row["off_config"]["flip"] is False
+  assert "logreg_fashion_mnist" in capsys.readouterr().out

@@ -18,6 +18,7 @@ import jmp
 import optax
 
 from zoo import losses
+from zoo.data import augment as augment_lib
 from zoo.training.state import TrainState
 
 Metrics = dict[str, jax.Array]
@@ -111,6 +112,19 @@ def guarded_update(state: TrainState, tx: optax.GradientTransformation,
       skipped=state.skipped + (~finite).astype(state.skipped.dtype))
 
 
+def augment_batch(step_key: jax.Array, images: jax.Array,
+                  augment_cfg: dict, axis_name: str | None = None) -> jax.Array:
+  """This device's images augmented as `[augment]` says, from the step key
+  (before the device index is folded in) and each example's position in the
+  global batch: device d of a pmap holds block d (zoo.data.shard_batches),
+  so jit, pmap and mesh augment the same example of a step the same way."""
+  offset = (jax.lax.axis_index(axis_name) * images.shape[0] if axis_name
+            else 0)
+  return augment_lib.augment(
+      jax.random.fold_in(step_key, augment_lib.AUGMENT_TAG), images,
+      augment_cfg, offset)
+
+
 def make_train_step(entry, tx: optax.GradientTransformation, *,
                     axis_name: str | None = None,
                     on_nonfinite: str = "stop") -> Callable[..., Any]:
@@ -119,8 +133,15 @@ def make_train_step(entry, tx: optax.GradientTransformation, *,
   `on_nonfinite`: "stop" freezes the state at the first step whose loss or
   gradients are not finite and records that step (the loop then stops with
   an error, the last good state intact); "skip" drops that update and goes on.
+
+  With `[augment]` on, the gathered images are cropped/flipped here, inside
+  the compiled step (zoo.data.augment), from a key folded out of the step
+  key: a pure function of (seed, step) and each example's position in the
+  global batch. Off (the default), the step is exactly the one without it.
   """
   input_shape = entry.input_shape
+  augment_cfg = entry.config.get("augment", {})
+  augment_lib.check(augment_cfg, input_shape)
   loss_fn = make_loss_fn(entry,
                          compute_policy(entry.config["train"]["compute_dtype"]),
                          entry.config["loss"]["l2"])
@@ -133,6 +154,8 @@ def make_train_step(entry, tx: optax.GradientTransformation, *,
     chex.assert_type(labels, jnp.int32)
 
     rng = jax.random.fold_in(state.rng, state.step)
+    if augment_lib.enabled(augment_cfg):  # off: not even traced
+      images = augment_batch(rng, images, augment_cfg, axis_name)
     if axis_name:  # a different dropout mask on every device
       rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
     grads, (loss, logits, model_state) = jax.grad(loss_fn, has_aux=True)(
