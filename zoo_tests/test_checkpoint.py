@@ -354,6 +354,13 @@ def test_resume_accepts_checkpoints_from_before_a_new_config_key():
   bf16["train"]["compute_dtype"] = "bfloat16"
   assert _config_changes(older, bf16) == ["train.compute_dtype"]
   assert _config_changes(cfg, bf16) == ["train.compute_dtype"]
+  # A whole section added later ([augment]): absent means its defaults.
+  no_section = copy.deepcopy(cfg)
+  del no_section["augment"]
+  assert _config_changes(no_section, cfg) == []
+  flipped = copy.deepcopy(cfg)
+  flipped["augment"]["flip"] = True
+  assert _config_changes(no_section, flipped) == ["augment.flip"]
 
 
 def _write_legacy(path: Path, state, meta) -> None:

@@ -134,10 +134,12 @@ _RESUME_FREE = {("train", "checkpoint_every"), ("train", "keep_checkpoints")}
 
 def config_changes(saved: dict, cfg: dict, prefix=()) -> list[str]:
   """Dotted keys whose values differ between a checkpoint's config and
-  this run's (settings in _RESUME_FREE excepted). A key that a checkpoint
-  from an older zoo lacks counts as its default."""
+  this run's (settings in _RESUME_FREE excepted). A key, or a whole
+  section, that a checkpoint from an older zoo lacks counts as its default."""
   out = []
-  defaults = config_lib.DEFAULTS.get(prefix[0], {}) if len(prefix) == 1 else {}
+  defaults = (config_lib.DEFAULTS if not prefix else
+              config_lib.DEFAULTS.get(prefix[0], {}) if len(prefix) == 1
+              else {})
   for key in sorted(set(saved) | set(cfg)):
     path = (*prefix, key)
     a, b = saved.get(key, defaults.get(key)), cfg.get(key)
