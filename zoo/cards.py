@@ -143,43 +143,9 @@ def build(entry, baseline: Mapping[str, Any] | None = None) -> dict[str, Any]:
       "input": _input(entry),
       "output": _output(entry),
       "features": _features(entry),
-      "evaluation": {
-          "dataset": data["dataset"],
-          "split": data["test_split"],
-          "classes": list(data["classes"]) or "all",
-          "seed": p["seed"],
-          "test_accuracy": p["test_accuracy"],
-          "test_loss": p["test_loss"],
-          "check": (
-              f"entry = zoo.get({entry.name!r}, pretrained=True); "
-              "zoo.evaluate(entry, entry.params, entry.model_state) gives "
-              "this accuracy exactly with the hardware and versions below "
-              "(tested); elsewhere the last digits may differ"),
-      },
-      "baseline": {
-          "summary": (f"{100 * b['test_accuracy_mean']:.2f}% ± "
-                      f"{100 * b['test_accuracy_std']:.2f} test accuracy "
-                      f"(mean ± sample std over {b['seeds']} seeds, "
-                      f"{b['epochs']} epochs each)"),
-          "seeds": b["seeds"],
-          "test_accuracy_mean": b["test_accuracy_mean"],
-          "test_accuracy_std": b["test_accuracy_std"],
-          "test_accuracy_per_seed": b["test_accuracy_per_seed"],
-          "test_loss_mean": b["test_loss_mean"],
-          "test_loss_std": b["test_loss_std"],
-          "epochs": b["epochs"],
-          "date": b.get("date", ""),
-      },
-      "reproduce": {
-          "command": b["command"],
-          "what": (f"trains seeds 0..{b['seeds'] - 1} with the config below "
-                   "and records the baseline; these weights are seed 0's "
-                   f"(zoo train {entry.name} --seed 0 --workdir DIR runs "
-                   "that training alone). params_sha256 identifies the exact "
-                   "result; reproducing it bit for bit needs the hardware "
-                   "and versions below"),
-          "config": config,
-      },
+      "evaluation": _evaluation(entry, data, p),
+      "baseline": _baseline(b),
+      "reproduce": _reproduce(entry, b, config),
       "hardware": {
           "devices": b["devices"],
           "device_kind": b["device_kind"],
@@ -190,6 +156,56 @@ def build(entry, baseline: Mapping[str, Any] | None = None) -> dict[str, Any]:
       "license": _license(data["dataset"]),
   }
   return json.loads(json.dumps(card))
+
+
+def _evaluation(entry, data: Mapping[str, Any], p: Mapping[str, Any]
+                ) -> dict[str, Any]:
+  """Accuracy and loss of these weights, and how to check them."""
+  return {
+      "dataset": data["dataset"],
+      "split": data["test_split"],
+      "classes": list(data["classes"]) or "all",
+      "seed": p["seed"],
+      "test_accuracy": p["test_accuracy"],
+      "test_loss": p["test_loss"],
+      "check": (
+          f"entry = zoo.get({entry.name!r}, pretrained=True); "
+          "zoo.evaluate(entry, entry.params, entry.model_state) gives "
+          "this accuracy exactly with the hardware and versions below "
+          "(tested); elsewhere the last digits may differ"),
+  }
+
+
+def _baseline(b: Mapping[str, Any]) -> dict[str, Any]:
+  """The seed spread of the baseline these weights are seed 0 of."""
+  return {
+      "summary": (f"{100 * b['test_accuracy_mean']:.2f}% ± "
+                  f"{100 * b['test_accuracy_std']:.2f} test accuracy "
+                  f"(mean ± sample std over {b['seeds']} seeds, "
+                  f"{b['epochs']} epochs each)"),
+      "seeds": b["seeds"],
+      "test_accuracy_mean": b["test_accuracy_mean"],
+      "test_accuracy_std": b["test_accuracy_std"],
+      "test_accuracy_per_seed": b["test_accuracy_per_seed"],
+      "test_loss_mean": b["test_loss_mean"],
+      "test_loss_std": b["test_loss_std"],
+      "epochs": b["epochs"],
+      "date": b.get("date", ""),
+  }
+
+
+def _reproduce(entry, b: Mapping[str, Any], config) -> dict[str, Any]:
+  """The command and config that produced these weights."""
+  return {
+      "command": b["command"],
+      "what": (f"trains seeds 0..{b['seeds'] - 1} with the config below "
+               "and records the baseline; these weights are seed 0's "
+               f"(zoo train {entry.name} --seed 0 --workdir DIR runs "
+               "that training alone). params_sha256 identifies the exact "
+               "result; reproducing it bit for bit needs the hardware "
+               "and versions below"),
+      "config": config,
+  }
 
 
 def _weights(entry, b: Mapping[str, Any]) -> dict[str, Any]:
