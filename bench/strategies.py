@@ -115,7 +115,7 @@ def run_row(name, batch, devices, steps, repeats, attempts=2) -> dict:
   if "Termination timeout for `all reduce" in err:
     why = f"XLA CPU all-reduce deadlock, {attempts} times (aborted)"
   else:
-    lines = [l for l in err.strip().splitlines() if l.strip()]
+    lines = [line for line in err.strip().splitlines() if line.strip()]
     why = f"exit code {rc}: " + (lines[-1] if lines else "no output")
   return {"model": name, "batch": batch, "devices": devices, "steps": steps,
           "error": why}
