@@ -153,3 +153,38 @@ def test_augment_bench_times_both_sides_and_reports_the_ratio(tmp_path,
   assert row["off_config"]["crop_padding"] == 0
   assert row["off_config"]["flip"] is False
   assert "logreg_fashion_mnist" in capsys.readouterr().out
+
+
+def test_strategies_bench_times_pmap_and_mesh_on_the_same_runs(
+    tmp_path, monkeypatch, capsys):
+  bench = _load("strategies")
+  readme = tmp_path / "README.md"
+  readme.write_text(f"before\n{bench.BEGIN}\nold table\n{bench.END}\nafter\n")
+  monkeypatch.setattr(bench.train_speed, "README", readme)
+  out = tmp_path / "strategies.json"
+  monkeypatch.setattr(sys, "argv", ["strategies.py"])
+  bench.main(["--models", "logreg_fashion_mnist", "cnn_fashion_mnist",
+              "--batch-sizes", "32", "--devices", "2", "64", "--steps", "3",
+              "--repeats", "1", "--json", str(out), "--readme"])
+  printed = capsys.readouterr().out
+  assert "skipped device counts [64]" in printed  # more than this machine has
+  rows = {r["model"]: r for r in json.loads(out.read_text())["rows"]}
+  assert set(rows) == {"logreg_fashion_mnist", "cnn_fashion_mnist"}
+  for r in rows.values():
+    assert r["batch"] == 32 and r["devices"] == 2
+    for key in ("pmap_images_per_second", "mesh_images_per_second",
+                "pmap_compile_seconds", "mesh_compile_seconds"):
+      assert r[key] > 0, (r["model"], key)
+    assert r["mesh_over_pmap"] == pytest.approx(
+        r["mesh_images_per_second"] / r["pmap_images_per_second"])
+    # Both strategies trained the same model.
+    assert r["mesh_test_loss"] == pytest.approx(r["pmap_test_loss"], rel=1e-4)
+  assert rows["cnn_fashion_mnist"]["loop"] == "python"
+  text = readme.read_text()
+  assert text.startswith("before\n") and text.endswith("after\n")
+  assert "old table" not in text
+  assert "| `cnn_fashion_mnist` | 32 | 2 | python |" in text
+  assert "| `cnn_fashion_mnist` | 32 | 2 | python |" in printed
+  # A row whose process fails is reported, and the others go on.
+  row = bench.run_row("logreg_fashion_mnist", 30, 4, 3, 1)
+  assert "divisible by 4" in row["error"] and "mesh_over_pmap" not in row

@@ -396,8 +396,9 @@ def test_short_training_run(name, threshold):
 
 def test_batchnorm_model_trains_under_pmap():
   run = train("cnn_bn_fashion_mnist", progress=False, devices=2, epochs=1,
-              batch_size=64, **{"data.train_split": "train[:1280]",
-                                "data.test_split": "test[:500]"})
+              batch_size=64, strategy="pmap",
+              **{"data.train_split": "train[:1280]",
+                 "data.test_split": "test[:500]"})
   res = run.result
   assert res["strategy"] == "pmap" and res["devices"] == 2
   assert res["steps"] == 20

@@ -192,6 +192,18 @@ def test_pmap_over_one_device_emits_no_collective(devices, collectives):
   assert ("all_reduce" in hlo or "all-reduce" in hlo) == collectives
 
 
+def test_auto_is_jit_on_one_device_mesh_on_several_pmap_across_hosts(
+    monkeypatch):
+  """The measured choice (bench/strategies.py; strategies.make says why)."""
+  assert strategies.make("auto", 1).name == "jit"
+  for devices in (2, 4, None):  # None: all 8
+    assert strategies.make("auto", devices).name == "mesh"
+  for name in ("pmap", "mesh"):  # an explicit name is always honoured
+    assert strategies.make(name, 4).name == name
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  assert strategies.make("auto", 1).name == "pmap"
+
+
 def test_batch_not_divisible_by_devices_is_a_clear_error():
   strat = strategies.make("pmap", 3)
   with pytest.raises(ValueError, match="divisible by 3"):

@@ -1,7 +1,8 @@
 """End-to-end training on the real Fashion-MNIST: short runs land far above
 chance, the CLI writes its documented files and fields, pmap over 4 devices
-gives the same accuracy as one device, and the loop choice follows the
-backend."""
+gives the same accuracy as one device, pmap and mesh train the same model
+(mesh, auto's choice on several devices, one device's even with BatchNorm and
+dropout), and the loop choice follows the backend."""
 import json
 
 import chex
@@ -85,10 +86,45 @@ def test_pmap_four_devices_same_accuracy_as_one():
                 **{"data.train_split": "train[:3200]",
                    "data.test_split": "test[:1000]"})
   one = train("mlp_fashion_mnist", devices=1, **kwargs).result
-  four = train("mlp_fashion_mnist", devices=4, **kwargs).result
+  four = train("mlp_fashion_mnist", devices=4, strategy="pmap", **kwargs).result
   assert four["devices"] == 4 and four["strategy"] == "pmap"
   assert four["test_accuracy"] == pytest.approx(one["test_accuracy"], abs=2e-3)
   assert four["test_loss"] == pytest.approx(one["test_loss"], rel=1e-3)
+
+
+def test_pmap_and_mesh_train_the_same_model():
+  """End to end over 4 devices, with plain SGD (so parameters differ only by
+  the gradients' round-off): the same numbers as one device, both ways."""
+  kwargs = dict(progress=False, epochs=2, batch_size=64, devices=4,
+                **{"data.train_split": "train[:640]",
+                   "data.test_split": "test[:500]", "optimizer.name": "sgd",
+                   "optimizer.learning_rate": 0.1})
+  runs = {s: train("mlp_fashion_mnist", strategy=s, **kwargs)
+          for s in ("pmap", "mesh")}
+  one = train("mlp_fashion_mnist", **{**kwargs, "devices": 1})
+  assert one.result["strategy"] == "jit"
+  for strategy, run in runs.items():
+    assert run.result["strategy"] == strategy and run.result["devices"] == 4
+    chex.assert_trees_all_close(run.params, one.params, rtol=2e-5, atol=2e-6,
+                                custom_message=strategy)
+    assert run.result["test_loss"] == pytest.approx(one.result["test_loss"],
+                                                    rel=1e-5)
+
+
+def test_mesh_trains_batchnorm_and_dropout_to_one_devices_numbers():
+  """Why `auto` is mesh on several devices: its step sees the global batch
+  (global BatchNorm statistics, one dropout mask), pmap's each device's
+  share."""
+  kwargs = dict(progress=False, epochs=1, batch_size=64,
+                **{"data.train_split": "train[:640]",
+                   "data.test_split": "test[:256]", "optimizer.name": "sgd",
+                   "optimizer.learning_rate": 0.05})
+  one = train("cnn_bn_fashion_mnist", devices=1, **kwargs)
+  mesh = train("cnn_bn_fashion_mnist", devices=4, **kwargs)  # auto
+  assert mesh.result["strategy"] == "mesh"
+  chex.assert_trees_all_close(mesh.params, one.params, rtol=1e-4, atol=1e-5)
+  chex.assert_trees_all_close(mesh.model_state, one.model_state, rtol=1e-4,
+                              atol=1e-5)
 
 
 def test_loop_choice_follows_backend():

@@ -21,7 +21,8 @@ def add(sub) -> None:
                  help="use the first N local devices (default: all)")
   p.add_argument("--strategy", default="auto",
                  choices=["auto", "jit", "pmap", "mesh"],
-                 help="auto: jit on one device, pmap on several")
+                 help="auto: jit on one device, mesh on several in one "
+                      "process, pmap across processes")
   p.add_argument("--checkpoint-every", type=int, help="steps between saves")
   p.add_argument("--data", metavar="FILE.npz",
                  help="train on your own arrays: an .npz with train_images, "
