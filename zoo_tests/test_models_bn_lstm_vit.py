@@ -239,7 +239,8 @@ def test_pool_variant_changes_the_module():
 def test_pool_is_a_function_named_in_the_config():
   """The module takes the pooling function; the config's name resolves to
   it (`pool = "avg"` is hk.avg_pool)."""
-  from zoo.models import cnn_bn, pooling
+  from zoo import pooling
+  from zoo.models import cnn_bn
   entry = zoo.get("cnn_bn_fashion_mnist", pool="avg")
   direct = hk.transform_with_state(
       lambda x: cnn_bn.BatchNormCNN(K, pool=hk.avg_pool)(x))

@@ -90,7 +90,7 @@ def test_a_lost_process_ends_the_other_with_one_line(tmp_path, victim):
   margin; killing process 0 (the coordinator) too, since its coordination
   service runs in a companion process that outlives it."""
   port = _free_port()
-  procs = [_train(port, i, tmp_path / f"w{i}", "--peer-timeout",
+  procs = [_train(port, i, tmp_path / "w0", "--peer-timeout",
                   str(PEER_TIMEOUT)) for i in range(2)]
   try:
     _wait_for_training(procs, tmp_path / "w0" / "metrics.jsonl")
@@ -115,7 +115,7 @@ def test_no_false_alarm_when_both_finish(tmp_path):
   """A peer timeout (1 s) shorter than the compile: both run to the end and
   exit 0, process 1 before process 0 (which writes the results) or after."""
   port = _free_port()
-  procs = [_train(port, i, tmp_path / f"w{i}", "--peer-timeout", "1",
+  procs = [_train(port, i, tmp_path / "w0", "--peer-timeout", "1",
                   "--epochs", "2") for i in range(2)]
   try:
     outs = [p.communicate(timeout=180) for p in procs]
