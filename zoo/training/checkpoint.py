@@ -336,18 +336,36 @@ class CheckpointManager:
     self._records[step] = integrity
     return meta
 
+  def _stored(self, step: int) -> dict[tuple, Any]:
+    """{plain path: orbax ArrayMetadata} of `step`'s state: shapes and
+    dtypes as stored, read before any data."""
+    try:
+      stored = self.orbax.item_metadata(step)[STATE]
+      return plain_paths(getattr(stored, "tree", stored))
+    except Exception as e:  # pylint: disable=broad-except  (any damage)
+      raise CheckpointError(f"{self.path(step)}/{STATE}: metadata unreadable "
+                            f"({_first_line(e)})") from None
+
+  def _restore_state(self, step: int, template=None):
+    """`step`'s state (into `template`'s structure, or as orbax restores it
+    without one), checked against its integrity record (read_meta first)."""
+    try:
+      state = self.orbax.restore(step, args=ocp.args.Composite(**{
+          STATE: ocp.args.StandardRestore(template)}))[STATE]
+    except Exception as e:  # pylint: disable=broad-except  (any damage)
+      raise CheckpointError(f"{self.path(step)}/{STATE} unreadable "
+                            f"({_first_line(e)})") from None
+    if state_digest(state) != self._records[step].get("state_sha256"):
+      raise CheckpointError(f"{self.path(step)}/{STATE} does not match its "
+                            "sha256: the data is damaged or truncated.")
+    return state
+
   def _check_stored(self, step: int, template) -> None:
     """The stored leaves' paths, shapes and dtypes equal `template`'s; read
     from orbax's metadata, before any data."""
     path = self.path(step)
-    try:
-      stored = self.orbax.item_metadata(step)[STATE]
-      stored = getattr(stored, "tree", stored)
-      got = {p: (tuple(m.shape), np.dtype(m.dtype))
-             for p, m in plain_paths(stored).items()}
-    except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(f"{path}/{STATE}: metadata unreadable "
-                            f"({_first_line(e)})") from None
+    got = {p: (tuple(m.shape), np.dtype(m.dtype))
+           for p, m in self._stored(step).items()}
     want = {p: (tuple(np.shape(x)), np.asarray(x).dtype)
             for p, x in plain_paths(template).items()}
     if set(got) != set(want):
@@ -372,17 +390,7 @@ class CheckpointManager:
     reading its data."""
     template = jax.tree.map(np.asarray, template)
     self._check_stored(step, template)
-    path = self.path(step)
-    try:
-      state = self.orbax.restore(step, args=ocp.args.Composite(**{
-          STATE: ocp.args.StandardRestore(template)}))[STATE]
-    except Exception as e:  # pylint: disable=broad-except  (any damage)
-      raise CheckpointError(f"{path}/{STATE} unreadable ({_first_line(e)})"
-                            ) from None
-    if state_digest(state) != self._records[step].get("state_sha256"):
-      raise CheckpointError(f"{path}/{STATE} does not match its sha256: the "
-                            "data is damaged or truncated.")
-    return state
+    return self._restore_state(step, template)
 
   def restore_weights(self, step: int, params, model_state):
     """(params, model_state) of checkpoint `step`, shaped like the given
@@ -390,12 +398,7 @@ class CheckpointManager:
     by size from the metadata, then the whole state is read and verified."""
     self.read_meta(step)
     path = self.path(step)
-    try:
-      stored = self.orbax.item_metadata(step)[STATE]
-      stored = plain_paths(getattr(stored, "tree", stored))
-    except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(f"{path}/{STATE}: metadata unreadable "
-                            f"({_first_line(e)})") from None
+    stored = self._stored(step)
     weights = {"params": params, "model_state": model_state}
     want = {("params", *p): x for p, x in plain_paths(params).items()}
     want.update({("model_state", *p): x
@@ -417,29 +420,13 @@ class CheckpointManager:
       raise CheckpointError(f"{path}: holds {rest:,} bytes besides the "
                             "weights, far more than any optimizer keeps; "
                             "refused.")
-    flat = plain_paths(self._read_verified(step))
+    flat = plain_paths(self._restore_state(step))
     return tuple(
         jax.tree_util.tree_unflatten(
             jax.tree.structure(weights[name]),
             [np.asarray(flat[(name, *p)])
              for p in plain_paths(weights[name])])
         for name in ("params", "model_state"))
-
-  def _read_verified(self, step: int):
-    """The whole stored state of `step` as orbax restores it without a
-    target (nested dicts/lists of numpy arrays), checked against its
-    integrity record (read_meta first)."""
-    path = self.path(step)
-    try:
-      state = self.orbax.restore(step, args=ocp.args.Composite(**{
-          STATE: ocp.args.StandardRestore()}))[STATE]
-    except Exception as e:  # pylint: disable=broad-except  (any damage)
-      raise CheckpointError(f"{path}/{STATE} unreadable ({_first_line(e)})"
-                            ) from None
-    if state_digest(state) != self._records[step].get("state_sha256"):
-      raise CheckpointError(f"{path}/{STATE} does not match its sha256: the "
-                            "data is damaged or truncated.")
-    return state
 
   def verify(self, step: int, template=None) -> None:
     """Raises CheckpointError unless checkpoint `step` reads back whole and
@@ -449,18 +436,12 @@ class CheckpointManager:
       self.restore(step, template)
       return
     self.read_meta(step)
-    try:
-      stored = self.orbax.item_metadata(step)[STATE]
-      stored = plain_paths(getattr(stored, "tree", stored))
-    except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(f"{self.path(step)}/{STATE}: metadata unreadable "
-                            f"({_first_line(e)})") from None
     size = sum(int(np.prod(m.shape)) * np.dtype(m.dtype).itemsize
-               for m in stored.values())
+               for m in self._stored(step).values())
     if size > _VERIFY_MAX_BYTES:
       raise CheckpointError(f"{self.path(step)}: declares {size:,} bytes of "
                             "arrays; verify it with a template instead.")
-    self._read_verified(step)
+    self._restore_state(step)
 
   def _legacy_error(self, step: int) -> LegacyCheckpointError:
     path = self.path(step)
