@@ -77,8 +77,12 @@ class Watchdog:
 
   def done(self) -> None:
     """This process finished: the others must not report it once it exits.
-    The watchdog goes on until every peer is done too."""
+    The watchdog goes on until every peer is done too; this waits for that
+    (bounded), so that no call of the watchdog's into JAX's client is in
+    flight while JAX's shutdown tears the client down at exit (which could
+    abort the process)."""
     self._finish(DONE)
+    self._thread.join(self.timeout + 2 * self.interval + 2)
 
   def failed(self, status: int) -> None:
     """This process stops with an error: the others stop at once, and this
