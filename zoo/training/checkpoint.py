@@ -68,7 +68,6 @@ _VERIFY_MAX_BYTES = 4 << 30
 FORMAT = "zoo-orbax-1"
 # What older zoo versions wrote into a step directory.
 LEGACY_ARRAYS, LEGACY_META, LEGACY_DIGESTS = "arrays.npz", "meta.json", "sha256.json"
-ARRAYS, META, DIGESTS = LEGACY_ARRAYS, LEGACY_META, LEGACY_DIGESTS
 
 
 def plain_paths(tree) -> dict[tuple, Any]:
