@@ -3,6 +3,7 @@ arguments, and `--set key=value` parsing."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from zoo import config as config_lib
 
@@ -52,3 +53,26 @@ def entry_for_run(entry, workdir, command: str):
           f"run `zoo {command} {cfg['name']} --workdir {workdir}`.")
     return registry.with_config(entry, flat_overrides(cfg))
   return entry_for_config
+
+
+def check_workdir(workdir) -> None:
+  """A --workdir to read must be an existing directory."""
+  if workdir and not Path(workdir).is_dir():
+    raise config_lib.ConfigError(f"--workdir {workdir}: no such directory; "
+                                 "give the --workdir of a zoo train run.")
+
+
+def load_weights(entry, path, also: str = ""):
+  """(params, model_state) for `entry` from --weights PATH: a checkpoint
+  directory (DIR/checkpoints/step_N) or a .npz weights file, verified.
+  `also` names other accepted values in the error for a missing path."""
+  from zoo import weights
+  from zoo.training import run_weights
+  if run_weights.is_checkpoint_dir(path):
+    return run_weights.load_checkpoint(entry, path)
+  if not Path(path).is_file():
+    raise config_lib.ConfigError(
+        f"--weights {path}: no such file; give {also}a .npz weights file "
+        "(zoo.weights.save writes one) or a checkpoint directory "
+        "(DIR/checkpoints/step_N).")
+  return weights.load(entry, path)

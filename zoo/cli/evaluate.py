@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 
 from zoo import config as config_lib
-from zoo.cli.common import add_common, entry_for_run
+from zoo.cli.common import (add_common, check_workdir, entry_for_run,
+                            load_weights)
 
 
 def add(sub) -> None:
@@ -36,32 +37,21 @@ def run(args: argparse.Namespace) -> int:
   """Evaluates --weights, or the newest good checkpoint of --workdir. With
   --workdir the run's own resolved config is used (model settings, test
   split, classes, eval batch), so the accuracy is result.json's."""
-  from zoo import registry, weights
+  from zoo import registry
   from zoo.training import run_weights
   from zoo.training.evaluate import evaluate_model
   if not args.weights and not args.workdir:
     raise config_lib.ConfigError("zoo eval needs --workdir DIR (a zoo train "
                                  "run) or --weights FILE (.npz).")
-  if args.workdir and not Path(args.workdir).is_dir():
-    raise config_lib.ConfigError(f"--workdir {args.workdir}: no such "
-                                 "directory; give the --workdir of a zoo "
-                                 "train run.")
-  if args.weights and not (Path(args.weights).is_file() or
-                           Path(args.weights).is_dir()):
-    raise config_lib.ConfigError(f"--weights {args.weights}: no such file; "
-                                 "give a .npz weights file (zoo.weights.save "
-                                 "writes one) or a checkpoint directory "
-                                 "(DIR/checkpoints/step_N).")
+  check_workdir(args.workdir)
   entry = registry.get(args.name)
   run_entry = entry_for_run(entry, args.workdir, "eval")
 
   if args.workdir:  # the run's own config; its checkpoint is read once
     entry, params, model_state = run_weights.load_run(args.workdir,
                                                       run_entry)
-  if args.weights and run_weights.is_checkpoint_dir(args.weights):
-    params, model_state = run_weights.load_checkpoint(entry, args.weights)
-  elif args.weights:
-    params, model_state = weights.load(entry, args.weights)
+  if args.weights:
+    params, model_state = load_weights(entry, args.weights)
   res = evaluate_model(entry, params, model_state, data_dir=args.data_dir,
                        split=args.split, top_mistakes=max(args.mistakes, 1))
   res["mistakes"] = res["mistakes"][:max(args.mistakes, 0)]

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from zoo import config as config_lib
-from zoo.cli.common import entry_for_run
+from zoo.cli.common import check_workdir, entry_for_run, load_weights
 from zoo.export import DEFAULT_PLATFORMS, FORMATS
 
 
@@ -36,31 +36,21 @@ def add(sub) -> None:
   p.set_defaults(func=run)
 
 
-def load_weights(args: argparse.Namespace):
+def entry_and_weights(args: argparse.Namespace):
   """(entry, params, model_state) from --weights or --workdir; a run is
   loaded with its own resolved config (model overrides included)."""
-  from zoo import registry, weights
+  from zoo import registry
   from zoo.training import run_weights
   if args.weights == "pretrained":
     entry = registry.get(args.name, pretrained=True)
     return entry, entry.params, entry.model_state
   entry = registry.get(args.name)
   if args.workdir:
-    if not Path(args.workdir).is_dir():
-      raise config_lib.ConfigError(f"--workdir {args.workdir}: no such "
-                                   "directory; give the --workdir of a zoo "
-                                   "train run.")
-
+    check_workdir(args.workdir)
     return run_weights.load_run(args.workdir,
                                 entry_for_run(entry, args.workdir, "export"))
-  if run_weights.is_checkpoint_dir(args.weights):
-    return (entry, *run_weights.load_checkpoint(entry, args.weights))
-  if not Path(args.weights).is_file():
-    raise config_lib.ConfigError(
-        f"--weights {args.weights}: no such file; give 'pretrained', a .npz "
-        "weights file (zoo.weights.save writes one) or a checkpoint "
-        "directory (DIR/checkpoints/step_N).")
-  return (entry, *weights.load(entry, args.weights))
+  return (entry, *load_weights(entry, args.weights,
+                               also="'pretrained', "))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
   platforms = tuple(p.strip() for p in args.platforms.split(","))
   export_lib.check_platforms(platforms)
   export_lib.check_out(Path(args.out), args.format, args.force)
-  entry, params, model_state = load_weights(args)
+  entry, params, model_state = entry_and_weights(args)
   path = export_lib.export(entry, params, model_state, args.out, args.format,
                            platforms=platforms, overwrite=args.force)
   print(f"wrote {path} ({args.format}, {entry.name}, batch any size, "
