@@ -6,3 +6,23 @@ flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
   os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+  """A local stand-in for Google Cloud Storage (zoo_tests/gcs_standin.py),
+  with this process's clients pointed at it too; `gcs.env()` for others."""
+  from zoo_tests.gcs_standin import StandIn
+  standin = StandIn(tmp_path_factory.mktemp("gcs"))
+  saved = {k: os.environ.get(k) for k in standin.env()}
+  os.environ.update(standin.env())
+  yield standin
+  standin.stop()
+  for k, v in saved.items():
+    if v is None:
+      os.environ.pop(k, None)
+    else:
+      os.environ[k] = v

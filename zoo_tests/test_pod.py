@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from zoo.training import checkpoint as ckpt_lib
+from zoo.training.workdir import as_path
 
 REPO = Path(__file__).resolve().parents[1]
 # 4096 / 64 = 64 steps per epoch, 256 steps, a checkpoint every 16 steps.
@@ -37,14 +38,14 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _env(devices: int = 2) -> dict:
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+def _env(devices: int = 2, extra=None) -> dict:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", **(extra or {}))
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
   return env
 
 
-def _start(workdirs, processes=2, devices=2):
+def _start(workdirs, processes=2, devices=2, env=None):
   """One `zoo train` per process, process i on workdirs[i]."""
   port = _free_port()
   procs = []
@@ -54,7 +55,7 @@ def _start(workdirs, processes=2, devices=2):
                  if processes > 1 else [])
     procs.append(subprocess.Popen(
         [sys.executable, "-m", "zoo.cli", "train", *ARGS, "--workdir",
-         str(workdirs[i]), *multihost], cwd=REPO, env=_env(devices),
+         str(workdirs[i]), *multihost], cwd=REPO, env=_env(devices, env),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
   return procs
 
@@ -76,12 +77,12 @@ def _run(workdirs, **kw):
   return _finish(_start(workdirs, **kw))
 
 
-def _result(workdir: Path) -> dict:
-  return json.loads((workdir / "result.json").read_text())
+def _result(workdir) -> dict:
+  return json.loads((as_path(workdir) / "result.json").read_text())
 
 
-def _wait_for_step(workdir: Path, procs, min_step: int, timeout=180):
-  manager = ckpt_lib.CheckpointManager(workdir / "checkpoints")
+def _wait_for_step(workdir, procs, min_step: int, timeout=180):
+  manager = ckpt_lib.CheckpointManager(as_path(workdir) / "checkpoints")
   deadline = time.monotonic() + timeout
   while not any(s >= min_step for s in manager.steps()):
     if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
@@ -132,6 +133,33 @@ def test_sigterm_to_every_process_then_resume_is_bit_identical(
   assert f"resumed from step {saved[0]}" in outs[0][1]
   result = _result(resumed)
   assert result["processes"] == 2 and result["devices"] == 4
+  assert result["params_sha256"] == uninterrupted["params_sha256"]
+  assert result["test_accuracy"] == uninterrupted["test_accuracy"]
+
+
+def test_a_pod_on_a_gs_workdir_preempts_and_resumes_bit_identical(
+    gcs, uninterrupted):
+  """Both processes on one gs:// workdir (the local GCS stand-in): orbax
+  writes through tensorstore's GCS driver, zoo's files and each process's
+  lease through etils.epath."""
+  uri = gcs.uri("pod")
+  procs = _start([uri, uri], env=gcs.env())
+  _wait_for_step(uri, procs, 48)
+  for p in procs:
+    p.send_signal(signal.SIGTERM)
+  saved = []
+  for code, _, err in _finish(procs):
+    assert code == 143, err[-3000:]
+    saved.append(int(re.search(r"saved step (\d+) ", err).group(1)))
+  assert saved[0] == saved[1] < TOTAL
+  for i in (0, 1):  # each process released its own lease
+    lease = json.loads((as_path(uri) / f".zoo-lease-p{i}").read_text())
+    assert lease["released"] is True
+  outs = _run([uri, uri], env=gcs.env())
+  for code, out, err in outs:
+    assert code == 0, err[-3000:]
+  assert f"resumed from step {saved[0]}" in outs[0][1]
+  result = _result(uri)
   assert result["params_sha256"] == uninterrupted["params_sha256"]
   assert result["test_accuracy"] == uninterrupted["test_accuracy"]
 

@@ -3,7 +3,6 @@ arguments, and `--set key=value` parsing."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from zoo import config as config_lib
 
@@ -57,7 +56,8 @@ def entry_for_run(entry, workdir, command: str):
 
 def check_workdir(workdir) -> None:
   """A --workdir to read must be an existing directory."""
-  if workdir and not Path(workdir).is_dir():
+  from zoo.training.workdir import as_path
+  if workdir and not as_path(workdir).is_dir():
     raise config_lib.ConfigError(f"--workdir {workdir}: no such directory; "
                                  "give the --workdir of a zoo train run.")
 
@@ -70,7 +70,8 @@ def load_weights(entry, path, also: str = ""):
   from zoo.training import run_weights
   if run_weights.is_checkpoint_dir(path):
     return run_weights.load_checkpoint(entry, path)
-  if not Path(path).is_file():
+  from zoo.training.workdir import as_path
+  if not as_path(path).is_file():
     raise config_lib.ConfigError(
         f"--weights {path}: no such file; give {also}a .npz weights file "
         "(zoo.weights.save writes one) or a checkpoint directory "

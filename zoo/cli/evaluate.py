@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-from pathlib import Path
 
 from zoo import config as config_lib
 from zoo.cli.common import (add_common, check_workdir, entry_for_run,
@@ -58,19 +56,21 @@ def run(args: argparse.Namespace) -> int:
   res["split"] = args.split or entry.config["data"]["test_split"]
   import jax
   if jax.process_index() == 0:
-    res["files"] = write_outputs(entry, res, Path(args.out or args.workdir
-                                                  or "."), args.data_dir)
+    res["files"] = write_outputs(entry, res, args.out or args.workdir or ".",
+                                 args.data_dir)
   # The confusion matrix and the mistakes are in eval.json, not printed.
   print(json.dumps({k: v for k, v in res.items()
                     if k not in ("confusion", "mistakes")}, indent=1))
   return 0
 
 
-def write_outputs(entry, res: dict, out: Path, data_dir) -> list[str]:
-  """Writes eval.json and the two pictures into `out` (each atomically:
-  temp file + rename); returns their paths."""
+def write_outputs(entry, res: dict, out, data_dir) -> list[str]:
+  """Writes eval.json and the two pictures into the directory `out` (local
+  or a URI; each file atomically); returns their paths."""
   from zoo.training import eval_plots
   from zoo.training.evaluate import load_split
+  from zoo.training.workdir import as_path, write_atomic
+  out = as_path(out)
   out.mkdir(parents=True, exist_ok=True)
   title = f"{entry.name} on {res['split']}"
   names = entry.class_names
@@ -80,7 +80,6 @@ def write_outputs(entry, res: dict, out: Path, data_dir) -> list[str]:
   files.append(eval_plots.plot_mistakes(images, res["mistakes"], names,
                                         out / "eval_mistakes.png", title))
   files = [str(out / "eval.json")] + [str(f) for f in files]
-  tmp = out / f".eval.json.{os.getpid()}.tmp"
-  tmp.write_text(json.dumps({**res, "files": files}, indent=1) + "\n")
-  os.replace(tmp, out / "eval.json")
+  write_atomic(out / "eval.json",
+               (json.dumps({**res, "files": files}, indent=1) + "\n").encode())
   return files

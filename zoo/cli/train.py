@@ -150,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
         + f"{r['devices']} device(s) x {r['processes']} process(es) "
         f"[{r['strategy']}, {r['loop']} loop]")
   if args.workdir:
-    print(f"results in {Path(args.workdir).resolve()}: result.json, "
+    where = (args.workdir if "://" in args.workdir
+             else Path(args.workdir).resolve())
+    print(f"results in {where}: result.json, "
           "metrics.jsonl, learning_curve.png, checkpoints/")
   return 0

@@ -8,7 +8,9 @@ epoch's running sums, history, config, versions) and `integrity` (JSON: the
 sha256 of every state leaf and of the meta). Orbax writes a save under a
 temporary name and renames it into place once complete, every process taking
 part and the library deciding who writes, so a crash never leaves a
-half-written checkpoint visible; it keeps the newest K. On top, zoo:
+half-written checkpoint visible (on gs:// it writes in place and commits
+with a `commit_success.txt`, which zoo also requires); it keeps the newest K.
+On top, zoo:
 - trusts only real directories that orbax committed with zoo's integrity
   item: a symlink, a file or a foreign directory named like a step is
   ignored with a warning, never followed or deleted;
@@ -45,6 +47,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from zoo.errors import ZooError
+from zoo.training.workdir import as_path, is_link, rmtree
 # The .npz reading and writing live in zoo.npz; re-exported here.
 from zoo.npz import (CheckpointError, flatten, read_npz, specs,  # noqa: F401
                      unflatten, write_npz)
@@ -112,10 +115,13 @@ def _first_line(e: BaseException) -> str:
   return f"{type(e).__name__}: {text[:300]}"
 
 
-def _check_room(directory: Path, nbytes: int) -> None:
+def _check_room(directory, nbytes: int) -> None:
   """Raises OSError (ENOSPC, EFBIG) before a save that cannot fit: free
   space or this process's file size limit below the state's size. Failing
-  inside orbax works too, but leaves its worker threads' tracebacks."""
+  inside orbax works too, but leaves its worker threads' tracebacks.
+  (Remote storage has neither to check.)"""
+  if not isinstance(directory, Path):
+    return
   try:
     free = shutil.disk_usage(directory if directory.exists()
                              else directory.parent).free
@@ -168,9 +174,12 @@ class _ZooStepNames(ocp.step.NameFormat):
 
 
 def _is_zoo_step(path) -> bool:
-  path = Path(str(path))
-  return (not path.is_symlink() and path.is_dir()
-          and (path / INTEGRITY).is_dir())
+  """A real directory holding zoo's integrity item; on remote storage also
+  one orbax finalized (it writes there in place, then a commit file)."""
+  path = as_path(str(path))
+  if is_link(path) or not path.is_dir() or not (path / INTEGRITY).is_dir():
+    return False
+  return isinstance(path, Path) or ocp.step.is_path_finalized(str(path))
 
 
 def verify_legacy(path: Path) -> dict[str, Any]:
@@ -203,8 +212,8 @@ class CheckpointManager:
   """Saves and restores training states under `directory` (every process
   of a multi-host run constructs one and calls save/restore alike)."""
 
-  def __init__(self, directory: str | Path, keep: int = 3):
-    self.directory = Path(directory)
+  def __init__(self, directory, keep: int = 3):
+    self.directory = as_path(directory)  # local, or gs://... (see workdir)
     self.keep = max(1, keep)
     # Steps found damaged by restore_latest: the only ones a save may delete
     # although they are newer than the step it writes.
@@ -221,8 +230,10 @@ class CheckpointManager:
       options = ocp.CheckpointManagerOptions(
           max_to_keep=self.keep, create=True, step_name_format=_ZooStepNames(),
           enable_async_checkpointing=False, cleanup_tmp_directories=True)
+      where = (os.fspath(self.directory.absolute())
+               if isinstance(self.directory, Path) else str(self.directory))
       self._orbax = ocp.CheckpointManager(
-          os.fspath(self.directory.absolute()), options=options,
+          where, options=options,
           item_handlers={STATE: ocp.StandardCheckpointHandler(),
                          META_ITEM: ocp.JsonCheckpointHandler(),
                          INTEGRITY: ocp.JsonCheckpointHandler()})
@@ -244,17 +255,17 @@ class CheckpointManager:
     for p in self.directory.iterdir():
       if not (p.name.startswith("step_") and p.name[5:].isdigit()):
         continue
-      if _is_zoo_step(p) or (not p.is_symlink() and self.is_legacy_path(p)):
+      if _is_zoo_step(p) or (not is_link(p) and self.is_legacy_path(p)):
         out.append(int(p.name[5:]))
       elif p.name not in self._warned:
         self._warned.add(p.name)
-        kind = ("a symbolic link" if p.is_symlink() else
+        kind = ("a symbolic link" if is_link(p) else
                 "a file" if not p.is_dir() else "no integrity record")
         log.warning("ignoring %s: not a checkpoint directory zoo wrote (%s)",
                     p, kind)
     return sorted(out)
 
-  def path(self, step: int) -> Path:
+  def path(self, step: int):
     return self.directory / f"step_{step:09d}"
 
   @staticmethod
@@ -307,7 +318,10 @@ class CheckpointManager:
       if newer in self.orbax.all_steps():
         self.orbax.delete(newer)
       else:
-        shutil.rmtree(self.path(newer), ignore_errors=True)
+        try:
+          rmtree(self.path(newer))
+        except OSError as e:
+          log.warning("could not remove %s: %s", self.path(newer), e)
     self.orbax.reload()
 
   def read_meta(self, step: int) -> dict[str, Any]:

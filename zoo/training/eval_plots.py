@@ -1,11 +1,11 @@
 """Pictures of an evaluation (matplotlib, headless Agg): the confusion matrix
 and a grid of the most confident mistakes, as `zoo eval` writes them next to
-its metrics. Each PNG is written to a temporary file in the same directory
-and renamed over the target, so a reader never sees half a picture."""
+its metrics. Each PNG is written atomically (zoo.training.workdir.write_atomic:
+local or remote), so a reader never sees half a picture."""
 from __future__ import annotations
 
+import io
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -19,22 +19,22 @@ def _pyplot():
   return plt
 
 
-def _save(fig, path: os.PathLike, dpi: int = 100) -> Path:
-  """Saves `fig` to `path` atomically (temp file + rename) and closes it."""
-  path = Path(path)
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+def _save(fig, path: os.PathLike, dpi: int = 100):
+  """Saves `fig` to `path` atomically and closes it."""
+  from zoo.training.workdir import as_path, write_atomic
+  path = as_path(path)
+  out = io.BytesIO()
   try:
-    fig.savefig(tmp, dpi=dpi)
-    os.replace(tmp, path)
+    fig.savefig(out, format="png", dpi=dpi)
   finally:
     _pyplot().close(fig)
-    tmp.unlink(missing_ok=True)
+  write_atomic(path, out.getvalue())
   return path
 
 
 def plot_confusion(confusion: Sequence[Sequence[int]],
                    class_names: Sequence[str], path: os.PathLike,
-                   title: str) -> Path:
+                   title: str):
   """Confusion matrix: rows the true class, columns the predicted one; each
   cell shows its count, coloured by the row-normalised rate (so rare and
   common classes read alike)."""
@@ -63,7 +63,7 @@ def plot_confusion(confusion: Sequence[Sequence[int]],
 
 def plot_mistakes(images: np.ndarray, mistakes: Sequence[dict[str, Any]],
                   class_names: Sequence[str], path: os.PathLike,
-                  title: str) -> Path:
+                  title: str):
   """A grid of the given mistakes (most confident first), each image titled
   "true -> predicted (probability)". `images` are the split's uint8 images,
   indexed by each mistake's "index"."""

@@ -1,13 +1,13 @@
 """Learning-curve plots (matplotlib, headless)."""
 from __future__ import annotations
 
-from pathlib import Path
+import io
 from typing import Any, Sequence
 
 
-def plot_learning_curve(history: Sequence[dict[str, Any]], path: Path,
-                        title: str) -> Path | None:
-  """Writes loss and accuracy per epoch to a PNG; None if nothing to plot."""
+def learning_curve_png(history: Sequence[dict[str, Any]],
+                       title: str) -> bytes | None:
+  """Loss and accuracy per epoch as PNG bytes; None if nothing to plot."""
   if not history:
     return None
   import matplotlib
@@ -26,8 +26,7 @@ def plot_learning_curve(history: Sequence[dict[str, Any]], path: Path,
   ax_acc.set(xlabel="epoch", ylabel="accuracy", title=f"{title}: accuracy")
   ax_acc.legend()
   fig.tight_layout()
-  tmp = Path(path).with_suffix(".tmp.png")
-  fig.savefig(tmp, dpi=100)
+  out = io.BytesIO()
+  fig.savefig(out, format="png", dpi=100)
   plt.close(fig)
-  tmp.replace(path)
-  return Path(path)
+  return out.getvalue()

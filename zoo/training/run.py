@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +22,7 @@ from zoo.training.fingerprint import params_sha256
 from zoo.training.optim import optimizer
 from zoo.training.state import (TrainState, check_weights, head_modules,
                                 init_state, init_weights)
-from zoo.training.workdir import Workdir, WorkdirError, fs_errors
+from zoo.training.workdir import Workdir, WorkdirError, fs_errors, rmtree
 
 log = logging.getLogger("zoo.train")
 
@@ -235,7 +234,7 @@ class RunCheckpoints:
                 "over", len(steps), self.manager.directory)
     with fs_errors(f"remove the old checkpoints in {self.manager.directory}"):
       for step in steps:
-        shutil.rmtree(self.manager.path(step))
+        rmtree(self.manager.path(step))
 
   def save(self, state: TrainState, history: list[dict[str, Any]],
            partial: dict[str, Any] | None) -> None:
@@ -243,6 +242,7 @@ class RunCheckpoints:
     epoch's running sums; sets `last`. Called by every process."""
     if self.manager is None:
       return
+    self.run_dir.ensure_held()
     step = int(state.step)
     spe = self.run.steps_per_epoch
     meta = {"config": self.run.config, "history": history,

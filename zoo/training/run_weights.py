@@ -6,24 +6,23 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
-
 from zoo import npz, weights
 from zoo.training import checkpoint as ckpt_lib
+from zoo.training.workdir import as_path, is_link
 
 log = logging.getLogger("zoo.checkpoint")
 
 
 def is_checkpoint_dir(path: str | os.PathLike) -> bool:
   """Whether `path` names a step directory (`.../step_N`)."""
-  path = Path(path)
-  return (path.is_dir() and not path.is_symlink()
+  path = as_path(path)
+  return (path.is_dir() and not is_link(path)
           and path.name.startswith("step_") and path.name[5:].isdigit())
 
 
 def load_checkpoint(entry, path: str | os.PathLike):
   """(params, model_state) for `entry` from one checkpoint directory."""
-  path = Path(path)
+  path = as_path(path)
   manager = ckpt_lib.CheckpointManager(path.parent)
   try:
     if not is_checkpoint_dir(path) or int(path.name[5:]) not in manager.steps():
@@ -38,7 +37,7 @@ def _newest(workdir: str | os.PathLike, entry_for_config):
   """(entry, params, model_state) from the newest checkpoint of a run that
   loads and verifies (damaged ones are skipped with a warning), where
   entry = entry_for_config(the run's resolved config)."""
-  manager = ckpt_lib.CheckpointManager(Path(workdir) / "checkpoints")
+  manager = ckpt_lib.CheckpointManager(as_path(workdir) / "checkpoints")
   steps = manager.steps()
   if not steps:
     raise npz.WeightsNotFoundError(

@@ -1,13 +1,24 @@
 """A run's working directory: owned by one run at a time, written safely.
 
-`Workdir` holds an exclusive `fcntl.flock` on `.zoo-lock-p<process>` for the
-whole run, so a second run launched on a busy workdir refuses at once, naming
-the holder, and touches nothing of the first. The kernel drops the lock when
-its process dies, so a crashed run never blocks the next one; its leftover
-holder record is recognised and reported. Every write goes through `write`,
-which is atomic (temporary file + rename) and turns filesystem faults (no
-space, read-only, a file where a directory belongs) into one-line
-`WorkdirError`s.
+A workdir is a local directory or a URI that etils.epath and orbax accept
+(gs://bucket/run, s3://...; `as_path`).
+
+Local: `Workdir` holds an exclusive `fcntl.flock` on `.zoo-lock-p<process>`
+for the whole run, so a second run launched on a busy workdir refuses at
+once, naming the holder, and touches nothing of the first. The kernel drops
+the lock when its process dies, so a crashed run never blocks the next one;
+its leftover holder record is recognised and reported.
+
+Remote (object storage has no locks): a lease, `.zoo-lease-p<process>`,
+holding a random token, renewed every LEASE_SECONDS / 4 by a thread and read
+back after writing; a fresh lease of another run refuses the start, a stale
+one (its run killed) is taken over after LEASE_SECONDS, and a run that finds
+its lease taken stops before its next checkpoint (`ensure_held`).
+
+Every write goes through `write_text` / `write_bytes`, which are atomic
+(local: temporary file + rename; remote: one object upload, visible only
+once complete) and turn filesystem faults (no space, read-only, a file where
+a directory belongs) into one-line `WorkdirError`s.
 """
 from __future__ import annotations
 
@@ -18,8 +29,11 @@ import fcntl
 import json
 import logging
 import os
+import secrets
 import socket
 import sys
+import threading
+import time
 from pathlib import Path
 
 from zoo.errors import ZooError
@@ -27,6 +41,68 @@ from zoo.errors import ZooError
 log = logging.getLogger("zoo.train")
 
 LOCK_PREFIX = ".zoo-lock-p"
+LEASE_PREFIX = ".zoo-lease-p"
+# How long a remote run's lease stays valid without renewal (ZOO_LEASE_SECONDS
+# overrides it): a killed run's workdir is free again after this long.
+LEASE_SECONDS = 60.0
+
+
+def is_remote(path) -> bool:
+  """True for a URI (gs://bucket/dir, s3://...), False for a local path."""
+  return "://" in str(path)
+
+
+def as_path(path):
+  """A local `pathlib.Path`, or an `etils.epath.Path` for a URI (the paths
+  orbax itself takes: gs://, s3://, ... through TensorFlow's gfile or
+  fsspec)."""
+  if is_remote(path):
+    from etils import epath
+    _no_listing_cache(str(path).split("://", 1)[0])
+    return epath.Path(str(path))
+  return Path(path)
+
+
+def _no_listing_cache(scheme: str) -> None:
+  """fsspec filesystems (gcsfs, s3fs) cache directory listings per process,
+  so one process would miss a checkpoint or marker another just wrote;
+  zoo turns the cache off for the scheme unless fsspec's config sets it."""
+  try:
+    import fsspec.config
+  except ImportError:  # then epath reaches the scheme through TensorFlow
+    return
+  fsspec.config.conf.setdefault(scheme, {}).setdefault(
+      "use_listings_cache", False)
+
+
+def is_link(path) -> bool:
+  """A local symbolic link (object storage has none)."""
+  return isinstance(path, Path) and path.is_symlink()
+
+
+def rmtree(path) -> None:
+  """Deletes a directory tree, local or remote."""
+  if isinstance(path, Path):
+    import shutil
+    shutil.rmtree(path)
+  else:
+    path.rmtree()
+
+
+def write_atomic(path, data: bytes) -> None:
+  """Replaces the file `path` with `data`, never leaving it half-written:
+  local, through a temporary file and a rename; remote, as one object
+  upload (visible only once complete)."""
+  if not isinstance(path, Path):
+    path.write_bytes(data)
+    return
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  try:
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise
 
 
 class WorkdirError(ZooError):
@@ -70,25 +146,38 @@ def fs_errors(what: str, after: str = ""):
 
 
 class Workdir:
-  """The directory of one run, locked for as long as the `with` block runs."""
+  """The directory of one run, held for as long as the `with` block runs."""
 
   def __init__(self, path: str | os.PathLike, process_index: int = 0):
-    self.path = Path(path)
+    self.path = as_path(path)
+    self.remote = is_remote(path)
     self.lock_path = self.path / f"{LOCK_PREFIX}{process_index}"
     self._fd: int | None = None
+    self._lease: _Lease | None = None
+    if self.remote:
+      self._lease = _Lease(self.path / f"{LEASE_PREFIX}{process_index}")
 
   def __enter__(self) -> "Workdir":
-    if self.path.exists() and not self.path.is_dir():
-      raise WorkdirError(f"--workdir {self.path} is a file, not a directory: "
-                         "name a directory (it is created if missing).")
-    with fs_errors(f"create the workdir {self.path}"):
-      self.path.mkdir(parents=True, exist_ok=True)
-    for child in ("checkpoints",):
-      if (self.path / child).exists() and not (self.path / child).is_dir():
-        raise WorkdirError(
-            f"{self.path / child} is a file, but zoo keeps its checkpoints "
-            "in a directory of that name: move the file away or use another "
-            "--workdir.")
+    with remote_errors(f"open the workdir {self.path}", self.remote):
+      if self.path.exists() and not self.path.is_dir():
+        raise WorkdirError(f"--workdir {self.path} is a file, not a "
+                           "directory: name a directory (it is created if "
+                           "missing).")
+      with fs_errors(f"create the workdir {self.path}"):
+        self.path.mkdir(parents=True, exist_ok=True)
+      for child in ("checkpoints",):
+        if (self.path / child).exists() and not (self.path / child).is_dir():
+          raise WorkdirError(
+              f"{self.path / child} is a file, but zoo keeps its checkpoints "
+              "in a directory of that name: move the file away or use "
+              "another --workdir.")
+      if self._lease is not None:
+        self._lease.acquire(_holder_record())
+        return self
+    self._lock()
+    return self
+
+  def _lock(self) -> None:
     with fs_errors(f"lock the workdir {self.path}"):
       fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -107,20 +196,18 @@ class Workdir:
       log.warning("%s: the previous run (%s) ended without releasing it "
                   "(killed?); taking over and resuming from its last good "
                   "checkpoint.", self.path, previous)
-    record = {"host": socket.gethostname(), "pid": os.getpid(),
-              "since": datetime.datetime.now().isoformat(timespec="seconds"),
-              "command": " ".join(sys.argv)[:500]}
     try:
       os.ftruncate(fd, 0)
-      os.pwrite(fd, json.dumps(record).encode(), 0)
+      os.pwrite(fd, json.dumps(_holder_record()).encode(), 0)
     except OSError as e:  # read-only or full: the lock itself still holds
       os.close(fd)
       raise WorkdirError(f"could not write to the workdir {self.path}: "
                          f"{describe_os_error(e)}.") from e
     self._fd = fd
-    return self
 
   def __exit__(self, *exc) -> None:
+    if self._lease is not None:
+      self._lease.release()
     if self._fd is None:
       return
     try:
@@ -131,22 +218,170 @@ class Workdir:
     os.close(self._fd)
     self._fd = None
 
-  def write_text(self, name: str, text: str, after: str = "") -> Path:
-    """Atomically replaces `name` in the workdir with `text`."""
+  def ensure_held(self) -> None:
+    """Raises WorkdirBusyError if another run took this run's lease (remote
+    workdirs: this run stalled past its lease); a no-op for local ones,
+    whose lock cannot be taken while the process lives."""
+    if self._lease is not None:
+      self._lease.ensure_held()
+
+  def write_bytes(self, name: str, data: bytes, after: str = ""):
+    """Atomically replaces `name` in the workdir with `data`."""
     path = self.path / name
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with fs_errors(f"write {path}", after):
-      try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-      except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with remote_errors(f"write {path}", self.remote, after), \
+        fs_errors(f"write {path}", after):
+      write_atomic(path, data)
     return path
 
-  def write_json(self, name: str, obj, after: str = "") -> Path:
+  def write_text(self, name: str, text: str, after: str = ""):
+    """Atomically replaces `name` in the workdir with `text`."""
+    return self.write_bytes(name, text.encode(), after)
+
+  def write_json(self, name: str, obj, after: str = ""):
     return self.write_text(
         name, json.dumps(obj, indent=1, sort_keys=True, default=str), after)
+
+
+@contextlib.contextmanager
+def remote_errors(what: str, remote: bool, after: str = ""):
+  """For a remote workdir, re-raises what its client raises besides
+  OSError (authentication, HTTP, a missing bucket) as one WorkdirError."""
+  if not remote:
+    yield
+    return
+  try:
+    yield
+  except (ZooError, OSError):
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (any client's error)
+    line = (str(e).strip().splitlines() or [""])[0][:300]
+    raise WorkdirError(
+        f"could not {what}: {type(e).__name__}: {line}; check the URI, "
+        "your credentials and the network" + (f". {after}" if after else ".")
+        ) from e
+
+
+def _holder_record() -> dict:
+  return {"host": socket.gethostname(), "pid": os.getpid(),
+          "since": datetime.datetime.now().isoformat(timespec="seconds"),
+          "command": " ".join(sys.argv)[:500]}
+
+
+def lease_seconds() -> float:
+  """LEASE_SECONDS, or ZOO_LEASE_SECONDS from the environment."""
+  raw = os.environ.get("ZOO_LEASE_SECONDS", "")
+  try:
+    value = float(raw) if raw else LEASE_SECONDS
+  except ValueError:
+    raise WorkdirError(f"ZOO_LEASE_SECONDS={raw!r} is not a number of "
+                       "seconds.") from None
+  if not value > 0 or value != value or value == float("inf"):
+    raise WorkdirError(f"ZOO_LEASE_SECONDS={raw!r} must be a positive number "
+                       "of seconds.")
+  return value
+
+
+class _Lease:
+  """A remote workdir's ownership: a record (token, holder, renewal time)
+  that this run writes, reads back, and renews from a daemon thread.
+
+  Object storage has no lock or exclusive create common to every scheme, so
+  two runs starting within the read-back delay of each other could in
+  principle both proceed; the read-back makes that need two starts within
+  about a second. Hosts' clocks must agree to well within the lease time."""
+
+  SETTLE = 1.0  # seconds between writing the record and reading it back
+
+  def __init__(self, path):
+    self.path = path
+    self.token = secrets.token_hex(16)
+    self.seconds = lease_seconds()
+    self.lost: str | None = None
+    self._stop = threading.Event()
+    self._thread: threading.Thread | None = None
+    self._record: dict = {}
+
+  def _read(self) -> dict | None:
+    try:
+      record = json.loads(self.path.read_text())
+    except FileNotFoundError:
+      return None
+    except ValueError:
+      return {}
+    return record if isinstance(record, dict) else {}
+
+  def _write(self) -> None:
+    self._record["renewed"] = time.time()
+    write_atomic(self.path, json.dumps(self._record).encode())
+
+  def acquire(self, holder: dict) -> None:
+    other = self._read()
+    now = time.time()
+    if other and other.get("token") and not other.get("released"):
+      age = now - float(other.get("renewed", 0) or 0)
+      if age < self.seconds:
+        raise WorkdirBusyError(
+            f"{self.path.parent} is in use by another zoo run "
+            f"({_describe(other)}; lease renewed {age:.0f}s ago); wait for "
+            "it to finish, stop it, or use another --workdir. If that run "
+            f"is dead, its lease expires {self.seconds - age:.0f}s from now "
+            f"(or delete {self.path}).")
+      log.warning("%s: the previous run (%s) ended without releasing it "
+                  "(killed?); taking over and resuming from its last good "
+                  "checkpoint.", self.path.parent, _describe(other))
+    self._record = {**holder, "token": self.token}
+    with fs_errors(f"write to the workdir {self.path.parent}"):
+      self._write()
+    time.sleep(self.SETTLE)
+    now_held = self._read() or {}
+    if now_held.get("token") != self.token:
+      raise WorkdirBusyError(
+          f"{self.path.parent} was taken by another zoo run starting at the "
+          f"same time ({_describe(now_held)}); use another --workdir or "
+          "start one run.")
+    self._thread = threading.Thread(target=self._renew, daemon=True,
+                                    name="zoo-lease")
+    self._thread.start()
+
+  def _renew(self) -> None:
+    while not self._stop.wait(self.seconds / 4):
+      try:
+        current = self._read() or {}
+        if current.get("token") != self.token:
+          self.lost = _describe(current)
+          return
+        self._write()
+      except Exception as e:  # pylint: disable=broad-except  (retry later)
+        log.warning("could not renew the lease on %s: %s", self.path, e)
+
+  def ensure_held(self) -> None:
+    current = self.lost
+    if current is None:
+      record = self._read() or {}
+      if record.get("token") != self.token:
+        current = _describe(record) if record else "the lease is gone"
+    if current is not None:
+      raise WorkdirBusyError(
+          f"{self.path.parent} was taken over by another zoo run ({current}) "
+          f"after this run went {self.seconds:.0f}s without renewing its "
+          "lease; stopped without writing. Run one job per workdir.")
+
+  def release(self) -> None:
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join(timeout=30)
+      self._thread = None
+    try:
+      if (self._read() or {}).get("token") == self.token:
+        self._record["released"] = True
+        self._write()
+    except Exception as e:  # pylint: disable=broad-except  (best effort)
+      log.warning("could not release the lease on %s: %s", self.path, e)
+
+
+def _describe(record: dict) -> str:
+  return (f"host {record.get('host')}, pid {record.get('pid')}, since "
+          f"{record.get('since')}: {record.get('command', '')}").rstrip(": ")
 
 
 def _read_holder(fd: int) -> str:
@@ -158,5 +393,4 @@ def _read_holder(fd: int) -> str:
     record = None
   if not isinstance(record, dict):
     return "holder unknown"
-  return (f"host {record.get('host')}, pid {record.get('pid')}, since "
-          f"{record.get('since')}: {record.get('command', '')}").rstrip(": ")
+  return _describe(record)

@@ -4,12 +4,11 @@ learning_curve.png. Only process 0 prints or writes."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import jax
 
-from zoo.training.workdir import Workdir, fs_errors
+from zoo.training.workdir import Workdir
 
 # Timings of the invocation that trained; a re-run that trains nothing keeps them.
 _TIMINGS = ("train_images_per_second", "compile_seconds", "wall_seconds")
@@ -101,17 +100,19 @@ class RunWriter:
     if not trained:
       _keep_timings(result, path / "result.json")
     self.run_dir.write_json("result.json", result, intact_note(checkpoint))
-    from zoo.training.plots import plot_learning_curve
-    with fs_errors(f"write {path / 'learning_curve.png'}"):
-      plot_learning_curve(history, path / "learning_curve.png", self.name)
+    from zoo.training.plots import learning_curve_png
+    png = learning_curve_png(history, self.name)
+    if png is not None:
+      self.run_dir.write_bytes("learning_curve.png", png,
+                               intact_note(checkpoint))
 
 
-def _keep_timings(result: dict[str, Any], previous: Path) -> None:
+def _keep_timings(result: dict[str, Any], previous) -> None:
   """Copies the timings of `previous` result.json into `result` when both
   describe the same parameters."""
   try:
     old = json.loads(previous.read_text())
-  except (OSError, ValueError):
+  except Exception:  # pylint: disable=broad-except  (missing or unreadable)
     return
   if (isinstance(old, dict)
       and old.get("params_sha256") == result["params_sha256"]):
