@@ -60,6 +60,16 @@ DEFAULTS: Config = {
     "train": {
         "batch_size": 128,      # global batch, split over devices/processes
         "epochs": 10,
+        # Optimizer steps in all, instead of epochs (0: epochs x steps per
+        # epoch); a run may then end mid-epoch. The schedule spans them.
+        "steps": 0,
+        # Also evaluate every N steps (0: only at epoch ends): rows with
+        # "eval" true in metrics.jsonl.
+        "eval_every": 0,
+        # Evaluate (and return) an exponential moving average of the
+        # parameters, ema = decay * ema + (1 - decay) * params after every
+        # update (0: off; e.g. 0.999).
+        "ema_decay": 0.0,
         "seed": 0,
         "eval_batch_size": 1000,
         "checkpoint_every": 0,  # steps; 0 = only at the end of training
@@ -342,6 +352,12 @@ UINT32_MAX = 2**32 - 1
 VALUE_RANGES: dict[str, Allowed] = {
     "train.batch_size": int_range(1, hint="it is the global batch, e.g. 128"),
     "train.epochs": int_range(0, hint="e.g. 10"),
+    "train.steps": int_range(
+        0, hint="a number of optimizer steps, or 0 to train for epochs"),
+    "train.eval_every": int_range(
+        0, hint="a number of steps, or 0 to evaluate at epoch ends only"),
+    "train.ema_decay": float_range(0, 1, hi_open=True,
+                                   hint="e.g. 0.999, or 0 for no average"),
     "train.seed": int_range(0, UINT32_MAX,
                             hint="pick a seed in that range, e.g. 0"),
     "train.eval_batch_size": int_range(1, hint="e.g. 1000"),

@@ -15,6 +15,13 @@ def add(sub) -> None:
   p = sub.add_parser("train", help="train a model (resumes in --workdir)")
   add_common(p)
   p.add_argument("--epochs", type=int)
+  p.add_argument("--steps", type=int,
+                 help="optimizer steps in all, instead of --epochs")
+  p.add_argument("--eval-every", type=int, metavar="STEPS",
+                 help="also evaluate every STEPS steps (metrics.jsonl rows)")
+  p.add_argument("--ema-decay", type=float, metavar="DECAY",
+                 help="evaluate a moving average of the parameters, e.g. "
+                 "0.999")
   p.add_argument("--batch-size", type=int, help="global batch size")
   p.add_argument("--seed", type=int)
   p.add_argument("--devices", type=int, default=None,
@@ -58,7 +65,9 @@ def add(sub) -> None:
 # names the flag too.
 _FLAG_KEYS = {"epochs": "train.epochs", "batch_size": "train.batch_size",
               "seed": "train.seed", "checkpoint_every": "train.checkpoint_every",
-              "init_from": "train.init_from"}
+              "init_from": "train.init_from", "steps": "train.steps",
+              "eval_every": "train.eval_every",
+              "ema_decay": "train.ema_decay"}
 
 
 def _check_train_args(args: argparse.Namespace) -> dict:
@@ -144,8 +153,10 @@ def run(args: argparse.Namespace) -> int:
   r = out.result
   ips = r["train_images_per_second"]
   print(f"{r['model']}: test accuracy {100 * r['test_accuracy']:.2f}% "
-        f"(loss {r['test_loss']:.4f}) after {r['epochs']} epochs, "
-        f"{r['wall_seconds']:.1f} s wall, "
+        f"(loss {r['test_loss']:.4f}) after "
+        + (f"{r['steps']} steps, " if r["config"]["train"]["steps"]
+           else f"{r['epochs']} epochs, ")
+        + f"{r['wall_seconds']:.1f} s wall, "
         + (f"{ips:,.0f} train images/s, " if ips else "")
         + f"{r['devices']} device(s) x {r['processes']} process(es) "
         f"[{r['strategy']}, {r['loop']} loop]")

@@ -405,15 +405,17 @@ class CheckpointManager:
     self._check_stored(step, template)
     return self._restore_state(step, template)
 
-  def restore_weights(self, step: int, params, model_state):
+  def restore_weights(self, step: int, params, model_state,
+                      params_key: str = "params"):
     """(params, model_state) of checkpoint `step`, shaped like the given
     templates, without knowing the optimizer: the other leaves are bounded
-    by size from the metadata, then the whole state is read and verified."""
+    by size from the metadata, then the whole state is read and verified.
+    `params_key="ema_params"` takes the parameters' moving average."""
     self.read_meta(step)
     path = self.path(step)
     stored = self._stored(step)
-    weights = {"params": params, "model_state": model_state}
-    want = {("params", *p): x for p, x in plain_paths(params).items()}
+    weights = {params_key: params, "model_state": model_state}
+    want = {(params_key, *p): x for p, x in plain_paths(params).items()}
     want.update({("model_state", *p): x
                  for p, x in plain_paths(model_state).items()})
     for p, x in want.items():
@@ -439,7 +441,7 @@ class CheckpointManager:
             jax.tree.structure(weights[name]),
             [np.asarray(flat[(name, *p)])
              for p in plain_paths(weights[name])])
-        for name in ("params", "model_state"))
+        for name in (params_key, "model_state"))
 
   def verify(self, step: int, template=None) -> None:
     """Raises CheckpointError unless checkpoint `step` reads back whole and

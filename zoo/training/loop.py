@@ -23,6 +23,7 @@ from zoo.training import run as run_lib
 from zoo.training.epoch import EpochSums, NonFiniteError, StepRunner, choose_loop
 from zoo.training.evaluate import Evaluator
 from zoo.training.fingerprint import params_sha256
+from zoo.training.state import eval_params
 from zoo.training.preemption import PREEMPTED_EXIT_CODE, Preempted, Preemption
 from zoo.training.workdir import Workdir
 from zoo.training.writer import RunWriter, progress_mode
@@ -69,6 +70,9 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
   `num_classes`, or len(`class_names`)); see zoo.data.arrays.
   Fine-tuning: `init_from="pretrained"` or a weights .npz, and
   `trainable="head"` to train only the layer producing the logits.
+  Control: `steps=N` instead of epochs, `eval_every=N` steps (rows with
+  "eval" true in the history), `ema_decay=0.999` to evaluate and return a
+  moving average of the parameters.
   """
   t_start = time.perf_counter()
   mode = progress_mode(progress, sys.stderr.isatty())
@@ -95,14 +99,15 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
                           strategy=run.strat)
     preempt = stack.enter_context(Preemption())
     trained = EpochSums()  # seconds and images of this invocation
+    evaluate = lambda state: evaluator(eval_params(state), state.model_state)
     while step < run.total_steps:
       epoch, step, sums = _run_epoch(run, runner, ckpts, writer, preempt,
-                                     history, meta, step)
+                                     history, meta, step, evaluate, t_start)
       trained.seconds += sums.seconds
       trained.images += sums.images
       state = runner.host_state()
-      history.append(_epoch_row(epoch, step, sums, evaluator(
-          state.params, state.model_state), time.perf_counter() - t_start))
+      history.append(_epoch_row(epoch, step, sums, evaluate(state),
+                                time.perf_counter() - t_start))
       writer.epoch(history, ckpts.last)
       if (step >= run.total_steps or preempt.requested
           or run.is_checkpoint_step(step)):
@@ -110,23 +115,23 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
       if preempt.requested and step < run.total_steps:
         raise Preempted.saved(step, ckpts.last)
     state = runner.host_state()
-    result = _result(run, state, evaluator(state.params, state.model_state),
-                     trained, runner, t_start)
+    result = _result(run, state, evaluate(state), trained, runner, t_start)
     writer.result(result, history, ckpts.last, trained=bool(trained.images))
-  return TrainResult(params=state.params, model_state=state.model_state,
+  return TrainResult(params=eval_params(state), model_state=state.model_state,
                      history=history, result=result, entry=run.entry)
 
 
 def _run_epoch(run, runner: StepRunner, ckpts, writer, preempt, history,
-               meta, step: int) -> tuple[int, int, EpochSums]:
-  """Runs the rest of the epoch that global `step` is in, chunk by chunk
-  (a chunk ends at a checkpoint step or the epoch's end), saving mid-epoch
-  checkpoints; returns (epoch, the step it ended at, its running sums).
-  Raises NonFiniteError at a non-finite step, Preempted after a SIGTERM
-  save."""
+               meta, step: int, evaluate, t_start: float
+               ) -> tuple[int, int, EpochSums]:
+  """Runs the rest of the epoch that global `step` is in (or up to the last
+  step), chunk by chunk (a chunk ends at a checkpoint or evaluation step or
+  the epoch's end), evaluating and saving mid-epoch; returns (epoch, the
+  step it ended at, its running sums). Raises NonFiniteError at a
+  non-finite step, Preempted after a SIGTERM save."""
   epoch, offset = divmod(step, run.steps_per_epoch)
   sums = EpochSums.resumed(meta, step) if offset else EpochSums()
-  while offset < run.steps_per_epoch:
+  while offset < run.steps_per_epoch and step < run.total_steps:
     at = step
     chunk = runner.run(epoch, offset, run.chunk_end(step), preempt,
                        lambda done, *m: writer.steps(at + done, *m))
@@ -135,9 +140,14 @@ def _run_epoch(run, runner: StepRunner, ckpts, writer, preempt, history,
     writer.steps(step, chunk.losses[-1], chunk.accuracies[-1],
                  chunk.images / max(chunk.seconds, 1e-9))
     runner.check_finite(ckpts.last)
-    # Mid-epoch saves here; the epoch's own is after its evaluation.
-    if offset < run.steps_per_epoch and (preempt.requested or
-                                         run.is_checkpoint_step(step)):
+    if run.is_eval_step(step) and chunk.steps:
+      history.append(_eval_row(run, step, evaluate(runner.host_state()),
+                               time.perf_counter() - t_start))
+      writer.evaluated(history, ckpts.last)
+    # Mid-epoch saves here; the epoch's (and the last step's) own is after
+    # its evaluation.
+    if (offset < run.steps_per_epoch and step < run.total_steps
+        and (preempt.requested or run.is_checkpoint_step(step))):
       ckpts.save(runner.host_state(), history, sums.partial())
       if preempt.requested:
         raise Preempted.saved(step, ckpts.last)
@@ -155,6 +165,15 @@ def _epoch_row(epoch: int, step: int, sums: EpochSums, ev: dict[str, Any],
           "seconds": sums.seconds, "wall_seconds": wall_seconds}
 
 
+def _eval_row(run, step: int, ev: dict[str, Any],
+              wall_seconds: float) -> dict[str, Any]:
+  """A metrics.jsonl row of an evaluation between epoch ends
+  (train.eval_every): "eval" true, no train metrics."""
+  return {"eval": True, "epoch": round(step / run.steps_per_epoch, 4),
+          "step": step, "test_loss": ev["loss"],
+          "test_accuracy": ev["accuracy"], "wall_seconds": wall_seconds}
+
+
 def _result(run, state, final: dict[str, Any], trained: EpochSums,
             runner: StepRunner, t_start: float) -> dict[str, Any]:
   """result.json: the final evaluation, timings, layout and fingerprint."""
@@ -165,7 +184,9 @@ def _result(run, state, final: dict[str, Any], trained: EpochSums,
       "test_loss": final["loss"],
       "per_class_accuracy": final["per_class_accuracy"],
       "test_examples": final["examples"],
-      "epochs": run.config["train"]["epochs"],
+      "epochs": (round(int(state.step) / run.steps_per_epoch, 4)
+                 if run.config["train"]["steps"]
+                 else run.config["train"]["epochs"]),
       "steps": int(state.step),
       "train_images_per_second": (trained.images / trained.seconds
                                   if trained.seconds else None),
@@ -177,7 +198,8 @@ def _result(run, state, final: dict[str, Any], trained: EpochSums,
       "loop": runner.loop,
       "device_kind": strat.devices[0].device_kind,
       "platform": strat.devices[0].platform,
-      "params_sha256": params_sha256(state.params),
+      # Of the parameters evaluated and returned (the average, with EMA).
+      "params_sha256": params_sha256(eval_params(state)),
       "skipped_updates": int(state.skipped),
       "config": run.config,
       "versions": run_lib.versions(),

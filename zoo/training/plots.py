@@ -7,7 +7,9 @@ from typing import Any, Sequence
 
 def learning_curve_png(history: Sequence[dict[str, Any]],
                        title: str) -> bytes | None:
-  """Loss and accuracy per epoch as PNG bytes; None if nothing to plot."""
+  """Loss and accuracy per epoch as PNG bytes; None if nothing to plot.
+  (Rows of evaluations between epoch ends, "eval" true, are left out.)"""
+  history = [h for h in history if not h.get("eval")]
   if not history:
     return None
   import matplotlib

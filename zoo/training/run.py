@@ -46,17 +46,25 @@ class Run:
 
   def chunk_end(self, step: int) -> int:
     """Where the chunk starting at global `step` ends, as an offset in its
-    epoch: the next checkpoint step or the end of the epoch."""
-    epoch = step // self.steps_per_epoch
-    end = self.steps_per_epoch
-    every = self.config["train"]["checkpoint_every"]
-    if every:
-      end = min(end, (step // every + 1) * every - epoch * self.steps_per_epoch)
-    return end
+    epoch: the next checkpoint or evaluation step, the last step, or the
+    end of the epoch."""
+    epoch_start = step // self.steps_per_epoch * self.steps_per_epoch
+    end = min(epoch_start + self.steps_per_epoch, self.total_steps)
+    for key in ("checkpoint_every", "eval_every"):
+      every = self.config["train"][key]
+      if every:
+        end = min(end, (step // every + 1) * every)
+    return end - epoch_start
 
   def is_checkpoint_step(self, step: int) -> bool:
     every = self.config["train"]["checkpoint_every"]
     return bool(every) and step % every == 0
+
+  def is_eval_step(self, step: int) -> bool:
+    """A step that ends mid-epoch with an evaluation (train.eval_every)."""
+    every = self.config["train"]["eval_every"]
+    return (bool(every) and step % every == 0 and step < self.total_steps
+            and step % self.steps_per_epoch != 0)
 
 
 def prepare(name_or_entry, overrides: dict[str, Any], *, data_dir=None,
@@ -86,7 +94,7 @@ def prepare(name_or_entry, overrides: dict[str, Any], *, data_dir=None,
   if steps_per_epoch == 0:
     raise ZooError(f"batch size {batch} exceeds the {n_train} training "
                    "examples; lower --batch-size.")
-  total_steps = tcfg["epochs"] * steps_per_epoch
+  total_steps = tcfg["steps"] or tcfg["epochs"] * steps_per_epoch
   head = head_modules(entry) if tcfg["trainable"] == "head" else frozenset()
   tx = optimizer(cfg, total_steps, head)
   state = jax.device_get(init_state(entry, tx, tcfg["seed"], weights))

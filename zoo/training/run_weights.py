@@ -72,8 +72,11 @@ def _load_step(manager, step: int, entry_for_config):
     params, model_state = weights.read(
         entry, path / ckpt_lib.LEGACY_ARRAYS, str(path))
   else:
+    # With train.ema_decay, the moving average is what the run evaluated.
     params, model_state = manager.restore_weights(
-        step, *weights.template(entry))
+        step, *weights.template(entry),
+        params_key=("ema_params" if entry.config["train"].get("ema_decay")
+                    else "params"))
   return entry, params, model_state
 
 

@@ -14,7 +14,9 @@ class TrainState(NamedTuple):
   """`step`: updates applied so far; `rng`: base key (per-step keys are
   folded in from the step number, so resuming needs no key history);
   `nonfinite_step`: first step whose loss or gradients were not finite (-1 if
-  none); `skipped`: updates skipped under the skip policy."""
+  none); `skipped`: updates skipped under the skip policy; `ema_params`:
+  the moving average of the parameters (train.ema_decay), None when off,
+  so that a state without it has the same leaves as before it existed."""
   step: jax.Array
   params: Any
   model_state: Any
@@ -22,6 +24,13 @@ class TrainState(NamedTuple):
   rng: jax.Array
   nonfinite_step: jax.Array
   skipped: jax.Array
+  ema_params: Any = None
+
+
+def eval_params(state: TrainState):
+  """The parameters to evaluate and hand out: the moving average when the
+  run keeps one, else the trained parameters."""
+  return state.params if state.ema_params is None else state.ema_params
 
 
 def init_state(entry, tx, seed: int, weights=None) -> TrainState:
@@ -45,7 +54,9 @@ def init_state(entry, tx, seed: int, weights=None) -> TrainState:
       step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
       opt_state=tx.init(params), rng=rng,
       nonfinite_step=jnp.full((), -1, jnp.int32),
-      skipped=jnp.zeros((), jnp.int32))
+      skipped=jnp.zeros((), jnp.int32),
+      ema_params=(jax.tree.map(jnp.copy, params)
+                  if entry.config["train"]["ema_decay"] else None))
 
 
 def head_modules(entry) -> frozenset[str]:

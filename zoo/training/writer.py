@@ -33,6 +33,12 @@ def epoch_line(row: dict[str, Any]) -> str:
           f"{row['test_accuracy']:.4f}  {row['images_per_second']:,.0f} img/s")
 
 
+def eval_line(row: dict[str, Any]) -> str:
+  """One line per evaluation between epoch ends (train.eval_every)."""
+  return (f"step {row['step']:>6}: test loss {row['test_loss']:.4f}  test acc "
+          f"{row['test_accuracy']:.4f}")
+
+
 def intact_note(checkpoint: str | None) -> str:
   """What a failed write adds to its message: which checkpoint survives."""
   return (f"The last good checkpoint ({checkpoint}) is intact; re-run to "
@@ -81,10 +87,26 @@ class RunWriter:
     `history` (so a resumed run never repeats a row)."""
     if not self.is_main:
       return
+    self._show(epoch_line(history[-1]))
+    self._write_metrics(history, checkpoint)
+
+  def evaluated(self, history: list[dict[str, Any]],
+                checkpoint: str | None) -> None:
+    """Shows the evaluation just made between epoch ends (train.eval_every)
+    and rewrites metrics.jsonl."""
+    if not self.is_main:
+      return
+    self._show(eval_line(history[-1]))
+    self._write_metrics(history, checkpoint)
+
+  def _show(self, line: str) -> None:
     if self.bar is not None:
-      self.bar.write(epoch_line(history[-1]))
+      self.bar.write(line)
     elif self.progress == "lines":
-      print(epoch_line(history[-1]), flush=True)
+      print(line, flush=True)
+
+  def _write_metrics(self, history: list[dict[str, Any]],
+                     checkpoint: str | None) -> None:
     if self.run_dir is not None:
       self.run_dir.write_text("metrics.jsonl",
                               "".join(json.dumps(h) + "\n" for h in history),
