@@ -29,3 +29,27 @@ def gcs(tmp_path_factory):
       os.environ.pop(k, None)
     else:
       os.environ[k] = v
+
+
+@pytest.fixture
+def sigterm_when_epoch_starts(monkeypatch):
+  """`with sigterm_when_epoch_starts(1): ...`: inside the block, a real
+  SIGTERM reaches this process as epoch 1's batch order is drawn
+  (zoo.data.epoch_indices), so the training loop notices it after that
+  epoch's first step, saves and raises Preempted."""
+  import contextlib
+  import signal
+  from zoo import data as zoo_data
+
+  @contextlib.contextmanager
+  def patched(at_epoch: int = 1):
+    real = zoo_data.epoch_indices
+
+    def indices_then_sigterm(seed, epoch, *args, **kwargs):
+      if epoch == at_epoch:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return real(seed, epoch, *args, **kwargs)
+    with monkeypatch.context() as patch:
+      patch.setattr(zoo_data, "epoch_indices", indices_then_sigterm)
+      yield
+  return patched

@@ -3,8 +3,6 @@ becomes, how keys are drawn (per step, per example, the same under jit, pmap
 and mesh), that it is off by default without changing the step, that a
 resumed run stays bit-exact, and that a run with it still learns."""
 import copy
-import os
-import signal
 
 import chex
 import jax
@@ -14,7 +12,6 @@ import pytest
 
 import zoo
 from zoo import config as config_lib
-from zoo import data as zoo_data
 from zoo import registry
 from zoo.data import augment
 from zoo.training import loop, strategies
@@ -247,7 +244,8 @@ def _numbers(history):
   return [{k: v for k, v in row.items() if k not in TIMING} for row in history]
 
 
-def test_resume_with_augmentation_is_bit_identical(tmp_path, monkeypatch):
+def test_resume_with_augmentation_is_bit_identical(tmp_path,
+                                                  sigterm_when_epoch_starts):
   """A SIGTERM just before epoch 2 (as in test_checkpoint): the run saves
   mid-epoch at step 17 and stops; re-running resumes to exactly the
   parameters and metrics of an uninterrupted run, which differ from a run
@@ -255,16 +253,9 @@ def test_resume_with_augmentation_is_bit_identical(tmp_path, monkeypatch):
   train = lambda workdir, **kw: loop.train("logreg_fashion_mnist",
                                            workdir=workdir, **{**RUN, **kw})
   ref = train(tmp_path / "ref")
-  real_indices = zoo_data.epoch_indices
-
-  def indices_then_sigterm(seed, epoch, *args, **kwargs):
-    if epoch == 1:
-      os.kill(os.getpid(), signal.SIGTERM)
-    return real_indices(seed, epoch, *args, **kwargs)
-  monkeypatch.setattr(zoo_data, "epoch_indices", indices_then_sigterm)
-  with pytest.raises(loop.Preempted, match="saved step 17 "):
+  with sigterm_when_epoch_starts(1), pytest.raises(loop.Preempted,
+                                                   match="saved step 17 "):
     train(tmp_path / "resumed")
-  monkeypatch.undo()
   out = train(tmp_path / "resumed")
   assert out.result["params_sha256"] == ref.result["params_sha256"]
   assert _numbers(out.history) == _numbers(ref.history)

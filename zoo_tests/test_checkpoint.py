@@ -18,7 +18,6 @@ import pytest
 
 import zoo
 from zoo import cli, registry
-from zoo import data as zoo_data
 from zoo.errors import ZooError
 from zoo.training import checkpoint as ckpt_lib
 from zoo import weights
@@ -258,20 +257,14 @@ def test_damaged_newer_checkpoint_is_not_kept_over_good_ones(tmp_path):
 
 # --- resume -----------------------------------------------------------------
 
-def test_sigterm_in_process_saves_then_resume_matches(reference, tmp_path,
-                                                      monkeypatch):
+def test_sigterm_in_process_saves_then_resume_matches(
+    reference, tmp_path, sigterm_when_epoch_starts):
   """A real SIGTERM just before epoch 2 starts: the Python loop notices it
   after that epoch's first step, saves there (step 17, mid-chunk and
   mid-epoch) and raises Preempted; re-running resumes to the same numbers."""
   _, ref = reference
-  real_indices = zoo_data.epoch_indices
-
-  def indices_then_sigterm(seed, epoch, *args, **kwargs):
-    if epoch == 1:
-      os.kill(os.getpid(), signal.SIGTERM)
-    return real_indices(seed, epoch, *args, **kwargs)
-  monkeypatch.setattr(zoo_data, "epoch_indices", indices_then_sigterm)
-  with pytest.raises(loop.Preempted, match="saved step 17 "):
+  with sigterm_when_epoch_starts(1), pytest.raises(loop.Preempted,
+                                                   match="saved step 17 "):
     _train(tmp_path)
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
   assert not (tmp_path / "result.json").exists()
@@ -279,7 +272,6 @@ def test_sigterm_in_process_saves_then_resume_matches(reference, tmp_path,
   assert manager.steps() == [12, 16, 17]
   meta = manager.read_meta(17)
   assert (meta["epoch"], meta["step_in_epoch"]) == (1, 1)
-  monkeypatch.undo()
   out = _train(tmp_path)
   assert out.result["params_sha256"] == ref.result["params_sha256"]
   assert _numbers(out.history) == _numbers(ref.history)

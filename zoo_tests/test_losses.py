@@ -1,5 +1,4 @@
 """zoo.losses: values against hand computations, stability, L2 selection."""
-from absl.testing import parameterized
 import chex
 import jax
 import jax.numpy as jnp

@@ -4,16 +4,13 @@ data, resume bit-exact after an interruption and refused with other arrays,
 the CLI's --data form, and every validation error (one line, exit 2,
 before any device work or workdir write)."""
 import json
-import os
 import pickle
-import signal
 
 import numpy as np
 import pytest
 
 import zoo
 from zoo import cli
-from zoo import data as zoo_data
 from zoo.data import arrays
 from zoo.errors import ConfigError, ZooError
 from zoo.training import loop, strategies
@@ -87,21 +84,13 @@ def test_explicit_num_classes_and_class_names(arrays3):
 
 
 def test_resume_after_interruption_is_bit_exact_and_other_data_refused(
-    arrays3, tmp_path, monkeypatch):
+    arrays3, tmp_path, sigterm_when_epoch_starts):
   (train, test) = arrays3
   train = (train[0][:1280], train[1][:1280])  # 20 steps per epoch
   run = dict(RUN, checkpoint_every=8, **{"train.loop": "python"})
   ref = zoo.train(MODEL, data=train, test_data=test, **run)
-  real = zoo_data.epoch_indices
-
-  def sigterm_in_epoch_2(seed, epoch, *args, **kwargs):
-    if epoch == 1:
-      os.kill(os.getpid(), signal.SIGTERM)
-    return real(seed, epoch, *args, **kwargs)
-  monkeypatch.setattr(zoo_data, "epoch_indices", sigterm_in_epoch_2)
-  with pytest.raises(loop.Preempted):
+  with sigterm_when_epoch_starts(1), pytest.raises(loop.Preempted):
     zoo.train(MODEL, data=train, test_data=test, workdir=tmp_path, **run)
-  monkeypatch.undo()
   assert not (tmp_path / "result.json").exists()
   other = (train[0][::-1].copy(), train[1][::-1].copy())
   with pytest.raises(ConfigError, match=r"changed: data\.sha256"):

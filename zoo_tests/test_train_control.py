@@ -2,8 +2,6 @@
 (metrics.jsonl rows), and a moving average of the parameters (EMA) for
 evaluation; each with a bit-exact resume."""
 import json
-import os
-import signal
 
 import chex
 import jax
@@ -12,7 +10,6 @@ import pytest
 
 import zoo
 from zoo import cli, registry
-from zoo import data as zoo_data
 from zoo.errors import ZooError
 from zoo.training import loop, run_weights
 from zoo.training import checkpoint as ckpt_lib
@@ -85,27 +82,19 @@ def test_an_evaluation_row_is_the_model_at_that_step(controlled, tmp_path):
   assert out.history[0]["test_loss"] == pytest.approx(ev["loss"], rel=1e-5)
 
 
-def test_sigterm_then_resume_is_bit_identical_with_all_three(controlled,
-                                                             tmp_path,
-                                                             monkeypatch):
+def test_sigterm_then_resume_is_bit_identical_with_all_three(
+    controlled, tmp_path, sigterm_when_epoch_starts):
   """SIGTERM just before epoch 2: saved at step 33 (after an evaluation
   row at 24 and an epoch row at 32, before the one at 36); the re-run
   resumes to the same parameters, average and rows, none repeated."""
   _, ref = controlled
-  real_indices = zoo_data.epoch_indices
-
-  def indices_then_sigterm(seed, epoch, *args, **kwargs):
-    if epoch == 1:
-      os.kill(os.getpid(), signal.SIGTERM)
-    return real_indices(seed, epoch, *args, **kwargs)
-  monkeypatch.setattr(zoo_data, "epoch_indices", indices_then_sigterm)
   run = lambda: loop.train(MODEL, workdir=tmp_path, **BASE, **CONTROL,
                            **{"train.loop": "python"})
-  with pytest.raises(loop.Preempted, match="saved step 33 "):
+  with sigterm_when_epoch_starts(1), pytest.raises(loop.Preempted,
+                                                   match="saved step 33 "):
     run()
   manager = ckpt_lib.CheckpointManager(tmp_path / "checkpoints")
   assert [r["step"] for r in manager.read_meta(33)["history"]] == [12, 24, 32]
-  monkeypatch.undo()
   out = run()
   assert out.result["params_sha256"] == ref.result["params_sha256"]
   assert _numbers(out.history) == _numbers(ref.history)
