@@ -357,7 +357,12 @@ class _Lease:
   def ensure_held(self) -> None:
     current = self.lost
     if current is None:
-      record = self._read() or {}
+      try:
+        record = self._read() or {}
+      except Exception as e:  # pylint: disable=broad-except  (transient)
+        log.warning("could not read the lease on %s (%s); going on", self.path,
+                    e)
+        return
       if record.get("token") != self.token:
         current = _describe(record) if record else "the lease is gone"
     if current is not None:
