@@ -53,3 +53,15 @@ def sigterm_when_epoch_starts(monkeypatch):
       patch.setattr(zoo_data, "epoch_indices", indices_then_sigterm)
       yield
   return patched
+
+
+@pytest.fixture(scope="session")
+def fashion_classes():
+  """`fashion_classes(split, classes)`: (images, labels) of those classes of
+  a Fashion-MNIST split, relabelled 0..k-1 in that order (zoo.data.load's
+  own class selection)."""
+  def load(split: str, classes):
+    import zoo
+    s = zoo.data.load("fashion_mnist", split, classes=classes)
+    return s.images, s.labels
+  return load

@@ -22,16 +22,10 @@ CLASSES = (0, 2, 6)  # T-shirt, Pullover, Shirt: the hardest to tell apart
 RUN = dict(epochs=4, batch_size=32, devices=1, progress=False)
 
 
-def _subset(split: str):
-  """(images, labels) of CLASSES in a Fashion-MNIST split, relabelled 0..2
-  in that order (zoo.data.load's own class selection)."""
-  s = zoo.data.load("fashion_mnist", split, classes=CLASSES)
-  return s.images, s.labels
-
-
 @pytest.fixture(scope="module")
-def subset():
-  return _subset("train[:2000]"), _subset("test[:2000]")
+def subset(fashion_classes):
+  return (fashion_classes("train[:2000]", CLASSES),
+          fashion_classes("test[:2000]", CLASSES))
 
 
 @pytest.fixture(scope="module")

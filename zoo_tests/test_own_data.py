@@ -21,16 +21,10 @@ CLASSES = (0, 2, 6)  # T-shirt, Pullover, Shirt: relabelled 0, 1, 2
 RUN = dict(epochs=2, batch_size=64, devices=1, progress=False)
 
 
-def _subset(split: str):
-  """(images, labels) of CLASSES in a Fashion-MNIST split, relabelled 0..2
-  in that order (zoo.data.load's own class selection)."""
-  s = zoo.data.load("fashion_mnist", split, classes=CLASSES)
-  return s.images, s.labels
-
-
 @pytest.fixture(scope="module")
-def arrays3():
-  return _subset("train[:4000]"), _subset("test[:1500]")
+def arrays3(fashion_classes):
+  return (fashion_classes("train[:4000]", CLASSES),
+          fashion_classes("test[:1500]", CLASSES))
 
 
 def _npz(path, train, test, **extra):

@@ -212,6 +212,19 @@ def test_a_run_whose_lease_was_taken_stops_before_writing(gcs):
   assert record["pid"] == 4242 and not record.get("released")
 
 
+def test_a_lease_record_without_a_renewal_time_counts_as_stale(gcs, caplog):
+  """A damaged or hostile record (renewal time not a number) neither
+  crashes the next run nor blocks it forever: it is taken over."""
+  from zoo.training import workdir as workdir_lib
+  uri = gcs.uri("garbled")
+  _lease(uri, renewed="yesterday")
+  with workdir_lib.Workdir(uri):
+    pass
+  assert "ended without releasing it" in caplog.text
+  record = json.loads((_path(uri) / ".zoo-lease-p0").read_text())
+  assert record["released"] is True and record["pid"] == os.getpid()
+
+
 def test_lease_seconds_from_the_environment_is_checked(monkeypatch):
   from zoo.training import workdir as workdir_lib
   monkeypatch.setenv("ZOO_LEASE_SECONDS", "5")

@@ -161,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
         + f"{r['devices']} device(s) x {r['processes']} process(es) "
         f"[{r['strategy']}, {r['loop']} loop]")
   if args.workdir:
-    where = (args.workdir if "://" in args.workdir
+    from zoo.training.workdir import is_remote
+    where = (args.workdir if is_remote(args.workdir)
              else Path(args.workdir).resolve())
     print(f"results in {where}: result.json, "
           "metrics.jsonl, learning_curve.png, checkpoints/")

@@ -275,7 +275,7 @@ def lease_seconds() -> float:
   except ValueError:
     raise WorkdirError(f"ZOO_LEASE_SECONDS={raw!r} is not a number of "
                        "seconds.") from None
-  if not value > 0 or value != value or value == float("inf"):
+  if not 0 < value < float("inf"):  # NaN fails both
     raise WorkdirError(f"ZOO_LEASE_SECONDS={raw!r} must be a positive number "
                        "of seconds.")
   return value
@@ -318,7 +318,7 @@ class _Lease:
     other = self._read()
     now = time.time()
     if other and other.get("token") and not other.get("released"):
-      age = now - float(other.get("renewed", 0) or 0)
+      age = now - _renewed(other)
       if age < self.seconds:
         raise WorkdirBusyError(
             f"{self.path.parent} is in use by another zoo run "
@@ -382,6 +382,15 @@ class _Lease:
         self._write()
     except Exception as e:  # pylint: disable=broad-except  (best effort)
       log.warning("could not release the lease on %s: %s", self.path, e)
+
+
+def _renewed(record: dict) -> float:
+  """When a lease record was last renewed (0, i.e. long stale, if it does
+  not say in a number)."""
+  try:
+    return float(record.get("renewed", 0) or 0)
+  except (TypeError, ValueError):
+    return 0.0
 
 
 def _describe(record: dict) -> str:
