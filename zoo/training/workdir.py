@@ -58,8 +58,15 @@ def as_path(path):
   fsspec)."""
   if is_remote(path):
     from etils import epath
-    _no_listing_cache(str(path).split("://", 1)[0])
-    return epath.Path(str(path))
+    scheme = str(path).split("://", 1)[0]
+    try:
+      remote = epath.Path(str(path))
+    except (KeyError, NotImplementedError):  # epath's words for "unknown"
+      raise WorkdirError(
+          f"{path}: no storage is known for {scheme}://; give a local path "
+          "or a URI etils.epath reads (gs://, s3://, az://, hf://).") from None
+    _no_listing_cache(scheme)
+    return remote
   return Path(path)
 
 
@@ -113,21 +120,26 @@ class WorkdirBusyError(WorkdirError):
   """Another zoo run holds the workdir."""
 
 
+# What usually fixes a filesystem fault, by errno.
+_FS_HINTS = {
+    errno.ENOSPC: "free some space",
+    errno.EDQUOT: "free some space (disk quota exceeded)",
+    errno.EROFS: "the filesystem is read-only: use a writable --workdir",
+    errno.EACCES: "fix the permissions or use another --workdir",
+    errno.EPERM: "fix the permissions or use another --workdir",
+    errno.ENOTDIR: "a file stands where a directory belongs: move it away or "
+                   "use another --workdir",
+    errno.EISDIR: "a directory stands where a file belongs: move it away or "
+                  "use another --workdir",
+    errno.EEXIST: "move the existing file away or use another --workdir",
+    errno.EFBIG: "raise the file size limit (ulimit -f) or use another "
+                 "--workdir",
+}
+
+
 def describe_os_error(e: OSError) -> str:
   """One line for a filesystem fault, with what usually fixes it."""
-  hint = {errno.ENOSPC: "free some space",
-          errno.EDQUOT: "free some space (disk quota exceeded)",
-          errno.EROFS: "the filesystem is read-only: use a writable --workdir",
-          errno.EACCES: "fix the permissions or use another --workdir",
-          errno.EPERM: "fix the permissions or use another --workdir",
-          errno.ENOTDIR: "a file stands where a directory belongs: move it "
-                         "away or use another --workdir",
-          errno.EISDIR: "a directory stands where a file belongs: move it "
-                        "away or use another --workdir",
-          errno.EEXIST: "move the existing file away or use another --workdir",
-          errno.EFBIG: "raise the file size limit (ulimit -f) or use "
-                       "another --workdir",
-          }.get(e.errno, "check the filesystem")
+  hint = _FS_HINTS.get(e.errno, "check the filesystem")
   where = f" ({e.filename})" if e.filename else ""
   return f"{e.strerror or e}{where}; {hint}"
 
@@ -244,21 +256,25 @@ class Workdir:
 
 @contextlib.contextmanager
 def remote_errors(what: str, remote: bool, after: str = ""):
-  """For a remote workdir, re-raises what its client raises besides
-  OSError (authentication, HTTP, a missing bucket) as one WorkdirError."""
+  """For a remote workdir, re-raises whatever its client raises
+  (authentication, HTTP, an unreachable host, a missing bucket: its
+  network errors are OSErrors without an errno) as one WorkdirError."""
   if not remote:
     yield
     return
   try:
     yield
-  except (ZooError, OSError):
+  except ZooError:
     raise
   except Exception as e:  # pylint: disable=broad-except  (any client's error)
-    line = (str(e).strip().splitlines() or [""])[0][:300]
-    raise WorkdirError(
-        f"could not {what}: {type(e).__name__}: {line}; check the URI, "
-        "your credentials and the network" + (f". {after}" if after else ".")
-        ) from e
+    if isinstance(e, OSError) and e.errno in _FS_HINTS:
+      cause = describe_os_error(e)
+    else:
+      line = (str(e).strip().splitlines() or [""])[0][:300]
+      cause = (f"{type(e).__name__}: {line}; check the URI, your credentials "
+               "and the network")
+    raise WorkdirError(f"could not {what}: {cause}"
+                       + (f". {after}" if after else ".")) from e
 
 
 def _holder_record() -> dict:
