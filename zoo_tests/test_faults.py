@@ -339,22 +339,69 @@ def test_bad_config_by_the_zoo_command(tmp_path):
 
 # --- multi-host preemption ----------------------------------------------------
 
+class _SyncService:
+  """JAX's preemption sync manager as xla/tsl implements it, for one host:
+  a notice sets the sync point to the last counter asked + 1, and only a
+  call with exactly that counter answers True."""
+
+  def __init__(self):
+    self.counter, self.sync_point, self.calls = 0, -1, []
+
+  def reached(self, step_id):
+    self.calls.append(step_id)
+    self.counter = step_id
+    return step_id == self.sync_point
+
+  def notice(self):  # SIGTERM heard, counters gathered
+    self.sync_point = self.counter + 1
+
+
 def test_multihost_preemption_uses_the_sync_point(monkeypatch, caplog):
   from jax.experimental import multihost_utils
   monkeypatch.setattr(jax, "process_count", lambda: 2)
-  calls = []
-
-  def sync_point(step_id):
-    calls.append(step_id)
-    return step_id == 3
+  service = _SyncService()
   monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point",
-                      sync_point)
+                      service.reached)
   before = signal.getsignal(signal.SIGTERM)
   with Preemption() as p:
     # JAX's preemption service listens for SIGTERM; no Python handler.
     assert signal.getsignal(signal.SIGTERM) is before
-    assert [p.check() for _ in range(3)] == [False, False, True]
-  assert calls == [1, 2, 3]
+    assert [p.check() for _ in range(2)] == [False, False]
+    service.notice()
+    assert p.check() is True
+  assert service.calls == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("notice_after_chunks", [0, 1, 3])
+def test_multihost_preemption_survives_orbax_asking_too(
+    monkeypatch, notice_after_chunks):
+  """orbax's CheckpointManager.save asks the same service with the training
+  step; zoo's counter is that step too, so a notice at any point (even
+  before the first chunk of a resumed run) stops the very next chunk."""
+  from jax.experimental import multihost_utils
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  service = _SyncService()
+  monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point",
+                      service.reached)
+  chunk, step = 16, 48  # resumed at step 48, a checkpoint every chunk
+  with Preemption(step) as p:
+    for i in range(6):
+      if i == notice_after_chunks:
+        service.notice()
+      step += chunk
+      stop = p.check(chunk)
+      service.reached(step)  # orbax, saving this step
+      if stop:
+        break
+  assert i == notice_after_chunks
+  assert p.requested and step == 48 + chunk * (notice_after_chunks + 1)
+  assert service.calls[:chunk + 1] == list(range(48, 48 + chunk + 1))
+
+
+def test_multihost_preemption_without_the_service_warns_once(
+    monkeypatch, caplog):
+  from jax.experimental import multihost_utils
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
 
   def unavailable(step_id):
     raise RuntimeError("Preemption sync manager has not been initialized.")

@@ -103,11 +103,11 @@ def uninterrupted(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def preempted(tmp_path_factory):
-  """The same run, SIGTERMed on every process after its checkpoint at step
-  48: (workdir, outputs)."""
+  """The same run, SIGTERMed on every process after its first checkpoint
+  (step 16): (workdir, outputs)."""
   workdir = tmp_path_factory.mktemp("preempted")
   procs = _start([workdir, workdir])
-  _wait_for_step(workdir, procs, 48)
+  _wait_for_step(workdir, procs, 16)
   for p in procs:
     p.send_signal(signal.SIGTERM)
   return workdir, _finish(procs)
@@ -144,7 +144,7 @@ def test_a_pod_on_a_gs_workdir_preempts_and_resumes_bit_identical(
   lease through etils.epath."""
   uri = gcs.uri("pod")
   procs = _start([uri, uri], env=gcs.env())
-  _wait_for_step(uri, procs, 48)
+  _wait_for_step(uri, procs, 16)
   for p in procs:
     p.send_signal(signal.SIGTERM)
   saved = []

@@ -152,7 +152,7 @@ class StepRunner:
                                       rows)
       metrics_list.append(metrics)
       done = end - offset
-      preempt.check()  # SIGTERM is seen at chunk ends
+      preempt.check(done)  # SIGTERM is seen at chunk ends
     else:
       if rows_dev is None:
         rows_dev = self.strat.put_indices(rows_all)
@@ -168,7 +168,7 @@ class StepRunner:
           m = self.strat.host_metrics(metrics)
           rate = done * self.batch / max(time.perf_counter() - t, 1e-9)
           on_progress(done, float(m["loss"]), float(m["accuracy"]), rate)
-        if preempt.check():  # SIGTERM is seen after every step
+        if preempt.check(1):  # SIGTERM is seen after every step
           break
     host_metrics = [self.strat.host_metrics(m) for m in metrics_list]
     seconds = time.perf_counter() - t

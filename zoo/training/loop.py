@@ -97,7 +97,7 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
     evaluator = Evaluator(run.entry, run.test_split.images,
                           run.test_split.labels, tcfg["eval_batch_size"],
                           strategy=run.strat)
-    preempt = stack.enter_context(Preemption())
+    preempt = stack.enter_context(Preemption(step))
     trained = EpochSums()  # seconds and images of this invocation
     evaluate = lambda state: evaluator(eval_params(state), state.model_state)
     while step < run.total_steps:

@@ -28,29 +28,43 @@ class Preempted(ZooError):
 
 
 class Preemption:
-  """Turns SIGTERM into a stop at a step boundary; `check()` is called after
-  every step (Python loop) or every chunk (scan loop).
+  """Turns SIGTERM into a stop at a step boundary; `check(steps)` is called
+  after every step (Python loop) or every chunk of `steps` steps (scan
+  loop).
 
   One process: a SIGTERM handler sets a flag. Several processes
   (jax.distributed): hosts may get SIGTERM at different steps, and one that
   stopped alone would hang the others in their next collective, so the
   decision comes from JAX's preemption service instead, which hears SIGTERM
   itself and makes every host stop at the same sync point
-  (`multihost_utils.reached_preemption_sync_point`, given the same call
-  counter on every host, since all hosts run the same loop). Without that
+  (`multihost_utils.reached_preemption_sync_point`). That service keeps one
+  call counter per process, sets the sync point to the fastest host's last
+  counter + 1 and answers True only at that exact counter; orbax's
+  CheckpointManager asks it too, with the training step, at every save. So
+  the counter zoo gives is the global step as well, and a chunk asks once
+  for each of its steps: every host walks the same counters in the same
+  chunks and stops after the chunk holding the sync point. (A private call
+  counter was wrong: orbax's step numbers overwrote it, the sync point landed
+  on a counter zoo had passed, and the SIGTERM was lost.) Without that
   service (jax_enable_preemption_service=False) SIGTERM keeps its default
   action and the run resumes from its last periodic checkpoint.
   """
 
-  def __init__(self):
+  def __init__(self, step: int = 0):
     self.requested = False
     self._old = None
     self._multihost = jax.process_count() > 1
-    self._calls = 0
+    self._step = step  # the global step reached (the service's counter)
+    self._available = True
 
   def __enter__(self):
     if self._multihost:
-      return self  # the preemption service handles SIGTERM
+      # The preemption service handles SIGTERM. Telling it the step we
+      # start from now means a notice that comes before the first chunk
+      # ends sets the sync point after it, not at a counter long passed.
+      if self._ask(self._step):
+        self.requested = True
+      return self
     try:
       self._old = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread
@@ -60,19 +74,25 @@ class Preemption:
   def _handle(self, signum, frame):
     self.requested = True
 
-  def check(self) -> bool:
-    """True once the run should save and stop (the same on every host)."""
-    if self._multihost and self._calls >= 0:
-      self._calls += 1
-      try:
-        from jax.experimental import multihost_utils
-        if multihost_utils.reached_preemption_sync_point(self._calls):
+  def check(self, steps: int = 1) -> bool:
+    """True once the run should save and stop (the same on every host);
+    `steps`: how many steps were done since the last call."""
+    if self._multihost and self._available:
+      for _ in range(steps):
+        self._step += 1
+        if self._ask(self._step):
           self.requested = True
-      except Exception as e:  # pylint: disable=broad-except
-        self._calls = -1  # unavailable: stop asking
-        log.warning("multi-host preemption sync is unavailable (%s); on "
-                    "SIGTERM the run resumes from its last checkpoint.", e)
     return self.requested
+
+  def _ask(self, step: int) -> bool:
+    try:
+      from jax.experimental import multihost_utils
+      return bool(multihost_utils.reached_preemption_sync_point(step))
+    except Exception as e:  # pylint: disable=broad-except
+      self._available = False  # unavailable: stop asking
+      log.warning("multi-host preemption sync is unavailable (%s); on "
+                  "SIGTERM the run resumes from its last checkpoint.", e)
+      return False
 
   def __exit__(self, *exc):
     if self._old is not None:
