@@ -155,6 +155,33 @@ def test_interrupt_is_130(capsys, monkeypatch):
   assert capsys.readouterr().err == "zoo: interrupted\n"
 
 
+def test_library_logs_are_one_line_each_and_restored(capsys, monkeypatch):
+  """A library's retry log with a traceback (gcsfs does this before an
+  unreachable bucket's error) prints one line before zoo's own; the
+  logging set-up of the caller is back afterwards."""
+  import logging
+  root = logging.getLogger()
+  before = (list(root.handlers), root.level)
+
+  def fail(args):
+    try:
+      raise ConnectionError("Cannot connect to host 127.0.0.1:9")
+    except ConnectionError:
+      logging.getLogger("gcsfs.retry").exception(
+          "_request out of retries on exception:\n  details")
+    logging.getLogger("zoo.train").warning("a zoo\n   warning")
+    logging.getLogger("zoo.train").info("not shown")
+    raise ZooError("could not open the workdir gs://b/run")
+  monkeypatch.setattr(cli_info, "run", fail)
+  assert cli.main(["info", MODEL]) == 2
+  err = capsys.readouterr().err
+  assert err.splitlines() == [
+      "gcsfs: error: _request out of retries on exception: details",
+      "zoo: warning: a zoo warning",
+      "zoo: error: could not open the workdir gs://b/run"]
+  assert (list(root.handlers), root.level) == before
+
+
 # -- usage errors (argparse) are one line too ----------------------------------
 
 @pytest.mark.parametrize("argv, words", [

@@ -8,6 +8,8 @@ argparse's usage errors do; a traceback means a bug in zoo.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 from typing import Sequence
 
@@ -17,6 +19,44 @@ def one_line(message: str) -> str:
   """`message` on one line: its lines joined, indentation dropped."""
   return " ".join(line.strip() for line in str(message).splitlines()
                   if line.strip())
+
+
+class _OneLineLogs(logging.Formatter):
+  """Log records as one line each, `zoo: warning: ...` or, for a library,
+  `gcsfs: error: ...`: no tracebacks (a library's retry log would otherwise
+  print one before zoo's own one-line error)."""
+
+  def format(self, record: logging.LogRecord) -> str:
+    who = record.name.split(".")[0] or "root"
+    return f"{who}: {record.levelname.lower()}: {one_line(record.getMessage())}"
+
+
+class _StderrHandler(logging.StreamHandler):
+  """Writes to whatever sys.stderr is when a record comes."""
+
+  def emit(self, record: logging.LogRecord) -> None:
+    self.stream = sys.stderr
+    super().emit(record)
+
+
+@contextlib.contextmanager
+def one_line_logs():
+  """While the command runs, warnings and errors of zoo and its libraries
+  go to stderr one line each, in place of the stderr handler some library
+  installs with logging.basicConfig; restored afterwards (for callers of
+  `main` in Python, e.g. tests)."""
+  root = logging.getLogger()
+  handlers, level = list(root.handlers), root.level
+  ours = _StderrHandler()
+  ours.setFormatter(_OneLineLogs())
+  root.handlers = [h for h in handlers if type(h) is not logging.StreamHandler
+                   or h.stream not in (sys.stderr, sys.__stderr__)] + [ours]
+  root.setLevel(logging.WARNING)
+  try:
+    yield
+  finally:
+    root.handlers = handlers
+    root.setLevel(level)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   try:
-    return args.func(args)
+    with one_line_logs():
+      return args.func(args)
   except ZooError as e:
     print(f"zoo: error: {one_line(e)}", file=sys.stderr)
     return 2
