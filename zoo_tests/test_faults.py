@@ -376,8 +376,8 @@ def test_multihost_preemption_uses_the_sync_point(monkeypatch, caplog):
 def test_multihost_preemption_survives_orbax_asking_too(
     monkeypatch, notice_after_chunks):
   """orbax's CheckpointManager.save asks the same service with the training
-  step; zoo's counter is that step too, so a notice at any point (even
-  before the first chunk of a resumed run) stops the very next chunk."""
+  step; zoo's counter is that step too, so a notice at any point in the
+  loop stops the very next chunk."""
   from jax.experimental import multihost_utils
   monkeypatch.setattr(jax, "process_count", lambda: 2)
   service = _SyncService()
@@ -395,7 +395,59 @@ def test_multihost_preemption_survives_orbax_asking_too(
         break
   assert i == notice_after_chunks
   assert p.requested and step == 48 + chunk * (notice_after_chunks + 1)
-  assert service.calls[:chunk + 1] == list(range(48, 48 + chunk + 1))
+  assert service.calls[:48 + chunk] == list(range(1, 49 + chunk))
+
+
+def test_multihost_preemption_while_a_resumed_run_loads(monkeypatch):
+  """A notice before the loop (the service's counter still 0, so the sync
+  point is 1) is heard on entry, and the resumed run stops before
+  training; a fresh run only asks 0."""
+  from jax.experimental import multihost_utils
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  service = _SyncService()
+  monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point",
+                      service.reached)
+  with Preemption(48) as p:
+    assert not p.requested
+  service = _SyncService()
+  monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point",
+                      service.reached)
+  service.notice()
+  with Preemption(48) as p:
+    assert p.requested
+  assert service.calls == list(range(1, 49))
+  service.calls.clear()
+  with Preemption(0):
+    assert service.calls == [0]
+
+
+def test_a_resumed_run_preempted_while_loading_stops_before_training(
+    tmp_path, monkeypatch, sigterm_when_epoch_starts):
+  """What the multi-host service answers on entry when SIGTERM came during
+  loading: the run exits as preempted from the checkpoint it resumed,
+  training nothing and writing nothing."""
+  overrides = {"epochs": 2, "batch_size": 128, "checkpoint_every": 4,
+               "devices": 1, "data.train_split": "train[:2048]",
+               "data.test_split": "test[:128]"}
+  with pytest.raises(loop.Preempted, match="saved step 20 "):
+    with sigterm_when_epoch_starts(1):
+      loop.train("mlp_fashion_mnist", workdir=tmp_path, progress=False,
+                 **overrides)
+  manager = ckpt_lib.CheckpointManager(tmp_path / "checkpoints")
+  saved = manager.steps()
+  before = _files_state(tmp_path / "checkpoints")
+
+  class HeardWhileLoading(Preemption):
+    def __enter__(self):
+      super().__enter__()
+      self.requested = True
+      return self
+  monkeypatch.setattr(loop, "Preemption", HeardWhileLoading)
+  with pytest.raises(loop.Preempted, match=f"saved step {saved[-1]} "):
+    loop.train("mlp_fashion_mnist", workdir=tmp_path, progress=False,
+               **overrides)
+  assert manager.steps() == saved
+  assert _files_state(tmp_path / "checkpoints") == before
 
 
 def test_multihost_preemption_without_the_service_warns_once(

@@ -98,6 +98,8 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
                           run.test_split.labels, tcfg["eval_batch_size"],
                           strategy=run.strat)
     preempt = stack.enter_context(Preemption(step))
+    if preempt.requested and step:  # SIGTERM while a resumed run loaded
+      raise Preempted.saved(step, ckpts.last)
     trained = EpochSums()  # seconds and images of this invocation
     evaluate = lambda state: evaluator(eval_params(state), state.model_state)
     while step < run.total_steps:

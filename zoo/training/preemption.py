@@ -43,9 +43,10 @@ class Preemption:
   CheckpointManager asks it too, with the training step, at every save. So
   the counter zoo gives is the global step as well, and a chunk asks once
   for each of its steps: every host walks the same counters in the same
-  chunks and stops after the chunk holding the sync point. (A private call
-  counter was wrong: orbax's step numbers overwrote it, the sync point landed
-  on a counter zoo had passed, and the SIGTERM was lost.) Without that
+  chunks and stops after the chunk holding the sync point; a notice before
+  the loop is heard on entry. (A private call counter was wrong: orbax's
+  step numbers overwrote it, the sync point landed on a counter zoo had
+  passed, and the SIGTERM was lost.) Without that
   service (jax_enable_preemption_service=False) SIGTERM keeps its default
   action and the run resumes from its last periodic checkpoint.
   """
@@ -59,11 +60,14 @@ class Preemption:
 
   def __enter__(self):
     if self._multihost:
-      # The preemption service handles SIGTERM. Telling it the step we
-      # start from now means a notice that comes before the first chunk
-      # ends sets the sync point after it, not at a counter long passed.
-      if self._ask(self._step):
-        self.requested = True
+      # The preemption service handles SIGTERM. A notice that came while
+      # this process was loading set the sync point at most at the start
+      # step (every host's counter was lower), so ask every counter up to
+      # it (about 0.1 us each): then every host hears it here, or every
+      # host at its first chunk. A resumed run stops before training.
+      for counter in range(min(self._step, 1), self._step + 1):
+        if self._ask(counter):
+          self.requested = True
       return self
     try:
       self._old = signal.signal(signal.SIGTERM, self._handle)
