@@ -65,9 +65,7 @@ class Preemption:
       # step (every host's counter was lower), so ask every counter up to
       # it (about 0.1 us each): then every host hears it here, or every
       # host at its first chunk. A resumed run stops before training.
-      for counter in range(min(self._step, 1), self._step + 1):
-        if self._ask(counter):
-          self.requested = True
+      self._ask(min(self._step, 1), self._step)
       return self
     try:
       self._old = signal.signal(signal.SIGTERM, self._handle)
@@ -81,22 +79,24 @@ class Preemption:
   def check(self, steps: int = 1) -> bool:
     """True once the run should save and stop (the same on every host);
     `steps`: how many steps were done since the last call."""
-    if self._multihost and self._available:
-      for _ in range(steps):
-        self._step += 1
-        if self._ask(self._step):
-          self.requested = True
+    if self._multihost:
+      self._step += steps
+      self._ask(self._step - steps + 1, self._step)
     return self.requested
 
-  def _ask(self, step: int) -> bool:
-    try:
-      from jax.experimental import multihost_utils
-      return bool(multihost_utils.reached_preemption_sync_point(step))
-    except Exception as e:  # pylint: disable=broad-except
-      self._available = False  # unavailable: stop asking
-      log.warning("multi-host preemption sync is unavailable (%s); on "
-                  "SIGTERM the run resumes from its last checkpoint.", e)
-      return False
+  def _ask(self, first: int, last: int) -> None:
+    """Asks the service about counters first..last, in order."""
+    from jax.experimental import multihost_utils
+    for counter in range(first, last + 1):
+      if not self._available:
+        return
+      try:
+        if multihost_utils.reached_preemption_sync_point(counter):
+          self.requested = True
+      except Exception as e:  # pylint: disable=broad-except
+        self._available = False  # unavailable: stop asking
+        log.warning("multi-host preemption sync is unavailable (%s); on "
+                    "SIGTERM the run resumes from its last checkpoint.", e)
 
   def __exit__(self, *exc):
     if self._old is not None:
