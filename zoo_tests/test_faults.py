@@ -356,12 +356,23 @@ class _SyncService:
     self.sync_point = self.counter + 1
 
 
-def test_multihost_preemption_uses_the_sync_point(monkeypatch, caplog):
+@pytest.fixture
+def sync_service(monkeypatch):
+  """`sync_service()`: a fresh _SyncService answering
+  multihost_utils.reached_preemption_sync_point in a 2-process run."""
   from jax.experimental import multihost_utils
   monkeypatch.setattr(jax, "process_count", lambda: 2)
-  service = _SyncService()
-  monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point",
-                      service.reached)
+
+  def install() -> _SyncService:
+    service = _SyncService()
+    monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point",
+                        service.reached)
+    return service
+  return install
+
+
+def test_multihost_preemption_uses_the_sync_point(sync_service):
+  service = sync_service()
   before = signal.getsignal(signal.SIGTERM)
   with Preemption() as p:
     # JAX's preemption service listens for SIGTERM; no Python handler.
@@ -374,15 +385,11 @@ def test_multihost_preemption_uses_the_sync_point(monkeypatch, caplog):
 
 @pytest.mark.parametrize("notice_after_chunks", [0, 1, 3])
 def test_multihost_preemption_survives_orbax_asking_too(
-    monkeypatch, notice_after_chunks):
+    sync_service, notice_after_chunks):
   """orbax's CheckpointManager.save asks the same service with the training
   step; zoo's counter is that step too, so a notice at any point in the
   loop stops the very next chunk."""
-  from jax.experimental import multihost_utils
-  monkeypatch.setattr(jax, "process_count", lambda: 2)
-  service = _SyncService()
-  monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point",
-                      service.reached)
+  service = sync_service()
   chunk, step = 16, 48  # resumed at step 48, a checkpoint every chunk
   with Preemption(step) as p:
     for i in range(6):
@@ -398,20 +405,14 @@ def test_multihost_preemption_survives_orbax_asking_too(
   assert service.calls[:48 + chunk] == list(range(1, 49 + chunk))
 
 
-def test_multihost_preemption_while_a_resumed_run_loads(monkeypatch):
+def test_multihost_preemption_while_a_resumed_run_loads(sync_service):
   """A notice before the loop (the service's counter still 0, so the sync
   point is 1) is heard on entry, and the resumed run stops before
   training; a fresh run only asks 0."""
-  from jax.experimental import multihost_utils
-  monkeypatch.setattr(jax, "process_count", lambda: 2)
-  service = _SyncService()
-  monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point",
-                      service.reached)
+  service = sync_service()
   with Preemption(48) as p:
     assert not p.requested
-  service = _SyncService()
-  monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point",
-                      service.reached)
+  service = sync_service()
   service.notice()
   with Preemption(48) as p:
     assert p.requested
