@@ -1,5 +1,47 @@
 #!/usr/bin/env bash
-# Set up, then run the test suite (CPU only, 8 virtual devices for pmap tests).
+# The README's test command. Set-up included, it tests zoo at both ends of
+# its supported range and as a release:
+#   release  python -m build (sdist, then the wheel from it), the wheel in a
+#            fresh Python 3.12 venv: list, forward pass, one epoch, eval
+#   floor    Python 3.11 with the oldest supported releases
+#            (constraints/floor.txt), core install only: the smoke set
+#   full     Python 3.13 with the newest releases and every extra
+#            ('.[test]'): the whole suite (CPU, 8 virtual devices)
+# ZOO_TEST_STAGES picks stages (default "release floor full"); extra arguments
+# go to the full suite's pytest, e.g. `bash scripts/test.sh -k checkpoint`.
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
-python -m pytest zoo_tests -q -n "${ZOO_TEST_WORKERS:-2}" --dist loadgroup "$@"
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+cd "$ZOO_ROOT"
+zoo_data
+workers="${ZOO_TEST_WORKERS:-2}"
+SMOKE=(zoo_tests/test_registry.py zoo_tests/test_models.py
+       zoo_tests/test_step.py zoo_tests/test_losses.py
+       zoo_tests/test_pretrained.py zoo_tests/test_extras.py
+       zoo_tests/test_checkpoint.py zoo_tests/test_train.py
+       zoo_tests/test_evaluate.py zoo_tests/test_data_sources.py
+       zoo_tests/test_export.py)
+
+stage() { echo; echo "=== zoo tests: $* ($(date +%T))"; }
+
+for s in ${ZOO_TEST_STAGES:-release floor full}; do
+  case "$s" in
+    release)
+      stage "release: sdist -> wheel -> fresh Python 3.12 venv"
+      bash scripts/release_check.sh ;;
+    floor)
+      stage "floor: Python 3.11, constraints/floor.txt, core install, smoke set"
+      zoo_venv .venv-floor "$(zoo_python 3.11)" -c constraints/floor.txt -e . \
+        'pytest>=8,<10' 'pytest-xdist>=3.5,<4'
+      .venv-floor/bin/python -c 'import jax; print("floor: jax", jax.__version__)'
+      .venv-floor/bin/python -m pytest "${SMOKE[@]}" -q -n "$workers" \
+        --dist loadgroup -k "not savedmodel" ;;
+    full)
+      stage "full: Python 3.13, newest releases, every extra, whole suite"
+      zoo_venv .venv-test "$(zoo_python 3.13)" -e '.[test]'
+      .venv-test/bin/python -c 'import jax; print("full: jax", jax.__version__)'
+      .venv-test/bin/python -m pytest zoo_tests -q -n "$workers" \
+        --dist loadgroup "$@" ;;
+    *) echo "zoo: error: unknown ZOO_TEST_STAGES entry $s: use release, floor, full" >&2
+       exit 2 ;;
+  esac
+done

@@ -1,4 +1,4 @@
-"""Configuration: read configs/<name>.toml, merge overrides, reject bad keys.
+"""Configuration: read zoo/configs/<name>.toml, merge overrides, reject bad keys.
 
 A config is a nested dict with the sections below. Defaults live here; each
 config file states what differs for its model; overrides (`--set a.b=v`,

@@ -89,3 +89,32 @@ class PeerTimeoutError(DistributedError):
 
 class PeerLostError(DistributedError):
   """A process of a running multi-host job stopped answering, or failed."""
+
+
+class MissingExtraError(ZooError, ImportError):
+  """An optional part of zoo was used without the extra that installs it
+  (TensorFlow and TFDS are not in the core install)."""
+
+  def __init__(self, what: str, extra: str, package: str):
+    self.extra, self.package = extra, package
+    super().__init__(f"{what} needs {package}, which zoo's core install "
+                     f"leaves out: pip install 'zoo[{extra}]'.")
+
+
+def require(module: str, what: str, extra: str, package: str):
+  """Imports and returns `module`, or raises MissingExtraError naming the
+  extra when it (or one of its own imports) is not installed."""
+  import importlib
+  try:
+    return importlib.import_module(module)
+  except ImportError as e:
+    raise MissingExtraError(what, extra, package) from e
+
+
+def installed(module: str) -> bool:
+  """Whether `module` can be imported, without importing it (cheap)."""
+  import importlib.util
+  try:
+    return importlib.util.find_spec(module) is not None
+  except (ImportError, ValueError):
+    return False

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
-from zoo.errors import ZooError
+from zoo.errors import ZooError, require
 
 FORMATS = ("stablehlo", "savedmodel")
 # Lowered for CPUs and NVIDIA GPUs by default, so the artifact runs on either.
@@ -201,6 +202,12 @@ def export_stablehlo(entry, params, model_state, path: str | os.PathLike, *,
   return path
 
 
+def import_tf():
+  """TensorFlow for SavedModel export, or MissingExtraError naming zoo[tf]."""
+  return require("tensorflow", "SavedModel export (--format savedmodel)",
+                 "tf", "tensorflow")
+
+
 def export_savedmodel(entry, params, model_state, path: str | os.PathLike, *,
                       platforms=DEFAULT_PLATFORMS,
                       overwrite: bool = False) -> Path:
@@ -213,7 +220,7 @@ def export_savedmodel(entry, params, model_state, path: str | os.PathLike, *,
   path = Path(path)
   platforms = check_platforms(platforms)
   check_out(path, "savedmodel", overwrite)
-  import tensorflow as tf
+  tf = import_tf()
   from jax.experimental import jax2tf
   params, model_state = jax.tree.map(np.asarray, (params, model_state or {}))
   h, w, c = entry.input_shape
@@ -241,6 +248,8 @@ def export_savedmodel(entry, params, model_state, path: str | os.PathLike, *,
     raise
   except Exception as e:  # a user model that is not batch-polymorphic
     raise _cannot(entry, "savedmodel", platforms, e) from e
+  if "cpu" in platforms:
+    _check_tf_runs_it(tf, serve, spec)
   module.__call__ = call
   meta = metadata(entry, params, model_state, "savedmodel", platforms)
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -266,6 +275,34 @@ def export_savedmodel(entry, params, model_state, path: str | os.PathLike, *,
     if old is not None:
       shutil.rmtree(old, ignore_errors=True)
   return path
+
+
+def _check_tf_runs_it(tf, serve, spec) -> None:
+  """Runs the converted function once in TensorFlow (one image, on CPU), so
+  that a SavedModel that TensorFlow cannot execute is never written.
+
+  jax2tf embeds JAX's StableHLO in an XlaCallModule op; JAX writes the
+  StableHLO version of about four weeks before its release, and TensorFlow's
+  XLA reads only the versions it was built with. JAX 0.11.2 and 0.12 write
+  v1.18.0, and TensorFlow 2.21, the newest, reads up to v1.13.7 (measured
+  here; JAX 0.10.2 works with it)."""
+  import jax
+  try:
+    with tf.device("/CPU:0"):
+      serve(tf.zeros([1, *spec.shape[1:]], tf.float32))
+  except tf.errors.InvalidArgumentError as e:
+    text = str(e)
+    if "deserialize" not in text:
+      raise
+    made = re.search(r"produced by: StableHLO_v([\d.]+)", text)
+    read = re.search(r"using StableHLO_v([\d.]+)", text)
+    versions = (f": JAX writes StableHLO v{made[1]}, TensorFlow's XLA reads up "
+                f"to v{read[1]}" if made and read else "")
+    raise ExportError(
+        f"SavedModel export does not work with JAX {jax.__version__} and "
+        f"TensorFlow {tf.__version__}{versions}. Export --format stablehlo "
+        "(it runs with jax.export alone), or make the SavedModel where JAX "
+        "<= 0.10 is installed (Python 3.11).") from None
 
 
 def export(entry, params, model_state, path: str | os.PathLike, fmt: str,

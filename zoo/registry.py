@@ -3,7 +3,7 @@
 An *architecture* is a module constructor `build(num_outputs, **kwargs) ->
 hk.Module`, usually the hk.Module class itself; zoo/models/*.py register
 theirs in the architecture table, zoo.models.base. A *registered model* is an
-architecture plus a config (configs/<name>.toml or `zoo.register`): dataset,
+architecture plus a config (zoo/configs/<name>.toml or `zoo.register`): dataset,
 hyper-parameters, optimizer, training schedule, and its measured baseline.
 The config's `[model]` section follows the constructor's signature
 (zoo.config.model_schema): its defaults are the constructor's, and a config
@@ -47,13 +47,17 @@ BASELINES_FILE = PACKAGE_DIR / "baselines.json"
 
 
 def configs_dir() -> Path:
-  """Where the built-in configs live: installed with the package as
-  zoo/configs, or at the repository root in a source checkout."""
-  for candidate in (PACKAGE_DIR / "configs", PACKAGE_DIR.parent / "configs"):
-    if candidate.is_dir():
-      return candidate
-  raise ZooError("zoo's configs/ directory is missing: reinstall the package "
-                 "(pip install -e .).")
+  """Where the built-in configs live: zoo/configs, installed as package data.
+
+  A missing or empty folder means a broken install (say, a wheel built
+  without its package data), so it is an error, never an empty registry."""
+  folder = PACKAGE_DIR / "configs"
+  if not folder.is_dir() or not any(folder.glob("*.toml")):
+    state = "is missing" if not folder.is_dir() else "holds no *.toml config"
+    raise ZooError(f"zoo's built-in model configs folder {folder} {state}: "
+                   f"this zoo install is broken; reinstall it (pip install "
+                   f"--force-reinstall zoo, or pip install -e . in a clone).")
+  return folder
 
 
 def architectures() -> list[str]:

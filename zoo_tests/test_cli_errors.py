@@ -291,3 +291,14 @@ def test_missing_peer_times_out_with_one_line(process_id):
   assert ("waited for process 1" in err if process_id == 0 else
           "start process 0" in err)
   assert elapsed < 30
+
+
+def test_output_into_a_closed_pipe_is_quiet():
+  """`zoo list | head -1`: the reader stops early; zoo exits without a
+  BrokenPipeError traceback."""
+  out = subprocess.run(
+      f"{sys.executable} -m zoo.cli list | head -1", shell=True,
+      capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu"))
+  assert out.stdout.count("\n") == 1 and "fashion_mnist" in out.stdout
+  assert out.stderr == "", out.stderr

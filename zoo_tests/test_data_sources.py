@@ -118,7 +118,43 @@ def test_absolute_slice_and_concatenation(train, test_split):
       both.labels, np.concatenate([train.labels[-10:], test_split.labels[:5]]))
 
 
-def test_split_parsing_is_tfds(monkeypatch):
+_SPECS = ["train", "test", "all", "train[:90%]", "train[90%:]", "train[33%:67%]",
+          "test[-10:]", "test[:-5%]+train[40%:60%]", "train[0.5%:99.5%]",
+          "train[-99.5%:]", "train[1_0:2_0]", "train[0shard]", "train[-1shard:]",
+          "train[:0shard]", "train[5:5]", "test[:0]", "train[-0%:]+test[90%:90%]",
+          "train+test", "train + test", "bogus", "validation[:5]", "train[:200%]",
+          "train[::2]", "", "train+", "all[:5]", "train[5.5:]", "train[:70000]",
+          "train[-70000:]", "train[5]", "bogus+train[::2]", "train[x:]",
+          "tra-in", "train[%:]"]
+
+
+@pytest.mark.parametrize("n_train, n_test", [(60000, 10000), (60, 300), (7, 3)])
+def test_split_slices_are_exactly_tfds(n_train, n_test):
+  """zoo's own parser (the core install has no TFDS) against TFDS's
+  ReadInstruction: the same ranges for every valid spec, an error for every
+  spec TFDS refuses (and zoo refuses empty selections besides)."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  counts = {"train": n_train, "test": n_test}
+  infos = {k: tfds.core.SplitInfo(name=k, shard_lengths=[n], num_bytes=0)
+           for k, n in counts.items()}
+  for spec in _SPECS:
+    try:
+      want = [(i.splitname, i.from_ or 0,
+               counts[i.splitname] if i.to is None else i.to)
+              for i in tfds.core.ReadInstruction.from_spec(spec)
+              .to_absolute(infos)]
+    except (ValueError, AssertionError, NotImplementedError, KeyError,
+            TypeError):
+      want = None
+    if want is None or any(hi <= lo for _, lo, hi in want):
+      with pytest.raises(SplitError):
+        splits.resolve(spec, counts)
+    else:
+      assert splits.resolve(spec, counts) == want, spec
+
+
+def test_split_parsing_reads_tfds_syntax_without_tfds(monkeypatch):
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # not installed
   assert splits.resolve("train[:90%]", {"train": 60000, "test": 10000}) == [
       ("train", 0, 54000)]
   assert splits.resolve("test[1%:2%]+train[5:7]", {"train": 60, "test": 300}) == [

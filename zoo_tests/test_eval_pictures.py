@@ -80,6 +80,27 @@ def test_zoo_eval_writes_pictures_and_metrics(tmp_path, capsys):
   _check_mistakes(res["mistakes"], test.labels, pred, conf, 25)
 
 
+def test_zoo_eval_weights_pretrained_is_the_shipped_file(tmp_path, capsys):
+  """`--weights pretrained` as in `zoo export`: the same metrics as the
+  shipped file itself; with --workdir it is refused in one line (it takes
+  the registered config, not a run's), and a model that ships none says so."""
+  args = ["eval", MODEL, "--split", SPLIT, "--mistakes", "0"]
+  assert cli.main(args + ["--weights", "pretrained",
+                          "--out", str(tmp_path / "a")]) == 0
+  by_name = json.loads(capsys.readouterr().out)
+  assert cli.main(args + ["--weights", str(pretrained.path(MODEL)),
+                          "--out", str(tmp_path / "b")]) == 0
+  by_file = json.loads(capsys.readouterr().out)
+  assert by_name["accuracy"] == by_file["accuracy"] > 0.85
+  for extra, words in ((["--workdir", str(tmp_path)], "drop --workdir"),
+                       ([], "no pretrained weights ship for 'cnn_mnist'")):
+    argv = ["eval", "cnn_mnist" if not extra else MODEL, "--weights",
+            "pretrained", *extra]
+    assert cli.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and words in err, err
+
+
 @pytest.mark.parametrize("devices", [1, 3, 8])
 def test_detailed_is_exact_when_sharded(devices):
   entry = zoo.get("mlp_fashion_mnist", pretrained=True)

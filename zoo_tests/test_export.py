@@ -25,6 +25,17 @@ MODELS = tuple(f"{a}_fashion_mnist" for a in ARCHS)
 BATCHES = (5, 2)  # two sizes: the batch dimension is symbolic
 RTOL = ATOL = 1e-5
 
+# jax2tf puts JAX's StableHLO inside the SavedModel, and TensorFlow runs it
+# only if its XLA reads that StableHLO version: JAX 0.10.2 with TF 2.21 does
+# (measured), JAX 0.11.2 and 0.12 with TF 2.21 do not (JAX writes v1.18.0,
+# TF reads up to v1.13.7), and zoo then refuses in one line instead of
+# writing a SavedModel that cannot run.
+JAX_MINOR = tuple(int(p) for p in jax.__version__.split(".")[:2])
+SAVEDMODEL_RUNS = JAX_MINOR <= (0, 10)
+needs_savedmodel = pytest.mark.skipif(
+    not SAVEDMODEL_RUNS, reason=f"TensorFlow cannot run a SavedModel of JAX "
+    f"{jax.__version__} (test_savedmodel_refused_where_tf_cannot_run_it)")
+
 # The README's consumer snippets ("Use the weights elsewhere: export"); the
 # consumer runs them with the path and the images replaced.
 PATH_HLO = "cnn_fashion_mnist.stablehlo"
@@ -170,6 +181,7 @@ def test_stablehlo_runs_without_zoo_or_haiku(models, stablehlo,
   _check_logits(models, logits, printed)
 
 
+@needs_savedmodel
 def test_savedmodel_runs_without_zoo_or_haiku(models, savedmodel,
                                               tmp_path_factory):
   images = next(iter(models.values()))[1]
@@ -194,26 +206,49 @@ def test_stablehlo_has_symbolic_batch_and_weights_baked_in(models,
     assert exported.out_avals[0].shape[1:] == (entry.num_outputs,)
 
 
-def test_metadata_beside_each_artifact(models, stablehlo, savedmodel):
-  for fmt, paths in (("stablehlo", stablehlo), ("savedmodel", savedmodel)):
-    for name, path in paths.items():
-      entry = models[name][0]
-      meta = json.loads(export_lib.metadata_path(path, fmt).read_text())
-      assert meta["model"] == name and meta["format"] == fmt
-      assert meta["input"] == {"shape": [None, 28, 28, 1], "dtype": "float32",
-                               "layout": "NHWC", "range": [0.0, 1.0],
-                               "batch": "any size >= 1"}
-      assert meta["output"]["shape"] == [None, entry.num_outputs]
-      assert meta["class_names"] == list(entry.class_names)
-      assert meta["params_sha256"] == params_sha256(entry.params)
-      assert meta["params_sha256"] == entry.baseline["params_sha256_seed0"]
-      assert ("model_state_sha256" in meta) == entry.stateful
+@pytest.mark.parametrize("fmt", ["stablehlo", pytest.param(
+    "savedmodel", marks=needs_savedmodel)])
+def test_metadata_beside_each_artifact(models, fmt, request):
+  paths = request.getfixturevalue(fmt)
+  for name, path in paths.items():
+    entry = models[name][0]
+    meta = json.loads(export_lib.metadata_path(path, fmt).read_text())
+    assert meta["model"] == name and meta["format"] == fmt
+    assert meta["input"] == {"shape": [None, 28, 28, 1], "dtype": "float32",
+                             "layout": "NHWC", "range": [0.0, 1.0],
+                             "batch": "any size >= 1"}
+    assert meta["output"]["shape"] == [None, entry.num_outputs]
+    assert meta["class_names"] == list(entry.class_names)
+    assert meta["params_sha256"] == params_sha256(entry.params)
+    assert meta["params_sha256"] == entry.baseline["params_sha256_seed0"]
+    assert ("model_state_sha256" in meta) == entry.stateful
   binary = json.loads(export_lib.metadata_path(
-      stablehlo["logreg_binary_fashion_mnist"], "stablehlo").read_text())
+      paths["logreg_binary_fashion_mnist"], fmt).read_text())
   assert binary["class_names"] == ["Sneaker", "Ankle boot"]
   assert "probability of 'Ankle boot'" in binary["output"]["meaning"]
-  assert export_lib.metadata_path(savedmodel["cnn_fashion_mnist"],
-                                  "savedmodel").parent.name == "assets.extra"
+  if fmt == "savedmodel":
+    assert export_lib.metadata_path(paths["cnn_fashion_mnist"],
+                                    "savedmodel").parent.name == "assets.extra"
+
+
+@pytest.mark.skipif(SAVEDMODEL_RUNS, reason=f"JAX {jax.__version__}'s "
+                    "SavedModels run (test_savedmodel_runs_without_zoo_...)")
+def test_savedmodel_refused_where_tf_cannot_run_it(tmp_path, capsys):
+  """JAX 0.12's StableHLO is newer than TensorFlow's XLA reads: `zoo export
+  --format savedmodel` says so in one line, names StableHLO as the path, and
+  writes nothing; StableHLO export of the same model works."""
+  tf = pytest.importorskip("tensorflow")
+  out = tmp_path / "cnn_savedmodel"
+  err = _one_line_error(capsys, "export", "cnn_fashion_mnist", "--weights",
+                        "pretrained", "--format", "savedmodel", "--out",
+                        str(out))
+  assert (f"SavedModel export does not work with JAX {jax.__version__} and "
+          f"TensorFlow {tf.__version__}: JAX writes StableHLO v") in err
+  assert "Export --format stablehlo" in err
+  assert list(tmp_path.iterdir()) == []  # no artifact, no temporaries
+  assert cli.main(["export", "cnn_fashion_mnist", "--weights", "pretrained",
+                   "--format", "stablehlo", "--out",
+                   str(tmp_path / "cnn.stablehlo")]) == 0
 
 
 # --- the command ----------------------------------------------------------------

@@ -1,4 +1,6 @@
 """zoo.registry: names, lookup errors, entries, overrides and zoo.register."""
+from pathlib import Path
+
 import haiku as hk
 import jax
 import jax.numpy as jnp
@@ -404,3 +406,23 @@ def test_dataset_facts_come_from_the_catalog():
   with pytest.raises(ConfigError, match=r"data.dataset: unknown dataset "
                      r"'fashon_mnist'; did you mean fashion_mnist"):
     registry.with_config(entry, {"data.dataset": "fashon_mnist"})
+
+
+def test_configs_ship_inside_the_package_and_a_broken_install_says_so(
+    tmp_path, monkeypatch):
+  """The built-in configs are package data (zoo/configs, what a wheel
+  carries); a missing or empty folder is an error naming it, never an empty
+  registry."""
+  from zoo import registry as registry_lib
+  shipped = registry_lib.configs_dir()
+  assert shipped == Path(zoo.__file__).parent / "configs"
+  stems = {p.stem for p in shipped.glob("*.toml")}
+  assert "cnn_mnist" in stems and stems <= set(zoo.list_models())
+  monkeypatch.setattr(registry_lib, "PACKAGE_DIR", tmp_path)
+  with pytest.raises(zoo.ZooError, match=r"configs folder .* is missing: this zoo "
+                     r"install is broken; reinstall it"):
+    registry_lib.configs_dir()
+  (tmp_path / "configs").mkdir()
+  (tmp_path / "configs" / "README.txt").write_text("not a config")
+  with pytest.raises(zoo.ZooError, match=r"holds no \*\.toml config"):
+    registry_lib.configs_dir()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -89,3 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   except KeyboardInterrupt:
     print("zoo: interrupted", file=sys.stderr)
     return 130
+  except BrokenPipeError:  # `zoo list | head`: the reader has what it wanted
+    # Python would report the failed flush of stdout at exit; point it at
+    # /dev/null instead (the recipe in Python's signal module docs).
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141  # 128 + SIGPIPE, as a shell reports a tool killed by it

@@ -62,10 +62,39 @@ def check_workdir(workdir) -> None:
                                  "give the --workdir of a zoo train run.")
 
 
-def load_weights(entry, path, also: str = ""):
+WEIGHTS_HELP = ("'pretrained' (the shipped weights), a .npz weights file, or a "
+                "checkpoint directory (DIR/checkpoints/step_N)")
+
+
+def entry_and_weights(name: str, weights, workdir, command: str):
+  """(entry, params, model_state) named by `zoo eval|export`'s --weights
+  and --workdir: the shipped weights ("pretrained"), a weights file or
+  checkpoint directory, or the newest good checkpoint of a run; a run's own
+  resolved config (model overrides included) builds its entry, also when
+  --weights names a file to evaluate with it."""
+  from zoo import registry
+  from zoo.training import run_weights
+  if weights == "pretrained":
+    if workdir:
+      raise config_lib.ConfigError(
+          f"--weights pretrained takes the registered config of {name!r}, "
+          "not a run's: drop --workdir (zoo eval writes to --out).")
+    entry = registry.get(name, pretrained=True)
+    return entry, entry.params, entry.model_state
+  entry = registry.get(name)
+  params = model_state = None
+  if workdir:
+    check_workdir(workdir)
+    entry, params, model_state = run_weights.load_run(
+        workdir, entry_for_run(entry, workdir, command))
+  if weights:
+    params, model_state = load_weights(entry, weights)
+  return entry, params, model_state
+
+
+def load_weights(entry, path):
   """(params, model_state) for `entry` from --weights PATH: a checkpoint
-  directory (DIR/checkpoints/step_N) or a .npz weights file, verified.
-  `also` names other accepted values in the error for a missing path."""
+  directory (DIR/checkpoints/step_N) or a .npz weights file, verified."""
   from zoo import weights
   from zoo.training import run_weights
   if run_weights.is_checkpoint_dir(path):
@@ -73,7 +102,7 @@ def load_weights(entry, path, also: str = ""):
   from zoo.training.workdir import as_path
   if not as_path(path).is_file():
     raise config_lib.ConfigError(
-        f"--weights {path}: no such file; give {also}a .npz weights file "
-        "(zoo.weights.save writes one) or a checkpoint directory "
-        "(DIR/checkpoints/step_N).")
+        f"--weights {path}: no such file; give 'pretrained' (the shipped "
+        "weights), a .npz weights file (zoo.weights.save writes one) or a "
+        "checkpoint directory (DIR/checkpoints/step_N).")
   return weights.load(entry, path)

@@ -1,4 +1,4 @@
-"""`zoo eval NAME (--workdir DIR | --weights FILE) [--out DIR]`: evaluate
+"""`zoo eval NAME (--workdir DIR | --weights pretrained|FILE|DIR) [--out DIR]`: evaluate
 saved parameters on the test split (or --split), print the metrics as JSON
 and write them, with two pictures, into --out: eval.json (the printed
 metrics plus "confusion", rows true class and columns predicted, and
@@ -10,16 +10,15 @@ import argparse
 import json
 
 from zoo import config as config_lib
-from zoo.cli.common import (add_common, check_workdir, entry_for_run,
-                            load_weights)
+from zoo.cli.common import WEIGHTS_HELP, add_common, entry_and_weights
 
 
 def add(sub) -> None:
   p = sub.add_parser("eval", help="evaluate saved parameters on the test set")
   add_common(p)
   p.add_argument("--weights", default=None,
-                 help=".npz weights file (default: newest checkpoint in "
-                      "--workdir)")
+                 help=WEIGHTS_HELP + " (default: the newest good "
+                      "checkpoint of --workdir)")
   p.add_argument("--split", default=None, help="split, default the test split")
   p.add_argument("--out", default=None,
                  help="directory for eval.json, eval_confusion.png and "
@@ -35,21 +34,14 @@ def run(args: argparse.Namespace) -> int:
   """Evaluates --weights, or the newest good checkpoint of --workdir. With
   --workdir the run's own resolved config is used (model settings, test
   split, classes, eval batch), so the accuracy is result.json's."""
-  from zoo import registry
-  from zoo.training import run_weights
   from zoo.training.evaluate import evaluate_model
   if not args.weights and not args.workdir:
-    raise config_lib.ConfigError("zoo eval needs --workdir DIR (a zoo train "
-                                 "run) or --weights FILE (.npz).")
-  check_workdir(args.workdir)
-  entry = registry.get(args.name)
-  run_entry = entry_for_run(entry, args.workdir, "eval")
-
-  if args.workdir:  # the run's own config; its checkpoint is read once
-    entry, params, model_state = run_weights.load_run(args.workdir,
-                                                      run_entry)
-  if args.weights:
-    params, model_state = load_weights(entry, args.weights)
+    raise config_lib.ConfigError(
+        "zoo eval needs --workdir DIR (a zoo train run) or --weights "
+        "pretrained|FILE|DIR (the shipped weights, a .npz weights file or a "
+        "checkpoint directory).")
+  entry, params, model_state = entry_and_weights(args.name, args.weights,
+                                                 args.workdir, "eval")
   res = evaluate_model(entry, params, model_state, data_dir=args.data_dir,
                        split=args.split, top_mistakes=max(args.mistakes, 1))
   res["mistakes"] = res["mistakes"][:max(args.mistakes, 0)]

@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zoo import config as config_lib
-from zoo.cli.common import check_workdir, entry_for_run, load_weights
+from zoo.cli.common import WEIGHTS_HELP, entry_and_weights
 from zoo.export import DEFAULT_PLATFORMS, FORMATS
 
 
@@ -17,9 +16,7 @@ def add(sub) -> None:
   p.add_argument("name", help="registered model (see `zoo list`)")
   src = p.add_mutually_exclusive_group(required=True)
   src.add_argument("--weights", default=None,
-                   help="'pretrained' (the shipped weights), a .npz weights "
-                        "file, or a checkpoint directory (DIR/checkpoints/"
-                        "step_N)")
+                   help=WEIGHTS_HELP)
   src.add_argument("--workdir", default=None,
                    help="a zoo train run: its newest good checkpoint")
   p.add_argument("--format", required=True, choices=FORMATS,
@@ -36,23 +33,6 @@ def add(sub) -> None:
   p.set_defaults(func=run)
 
 
-def entry_and_weights(args: argparse.Namespace):
-  """(entry, params, model_state) from --weights or --workdir; a run is
-  loaded with its own resolved config (model overrides included)."""
-  from zoo import registry
-  from zoo.training import run_weights
-  if args.weights == "pretrained":
-    entry = registry.get(args.name, pretrained=True)
-    return entry, entry.params, entry.model_state
-  entry = registry.get(args.name)
-  if args.workdir:
-    check_workdir(args.workdir)
-    return run_weights.load_run(args.workdir,
-                                entry_for_run(entry, args.workdir, "export"))
-  return (entry, *load_weights(entry, args.weights,
-                               also="'pretrained', "))
-
-
 def run(args: argparse.Namespace) -> int:
   """Checks --out and --platforms, loads the weights, writes the artifact
   and its JSON, and prints both paths."""
@@ -60,7 +40,10 @@ def run(args: argparse.Namespace) -> int:
   platforms = tuple(p.strip() for p in args.platforms.split(","))
   export_lib.check_platforms(platforms)
   export_lib.check_out(Path(args.out), args.format, args.force)
-  entry, params, model_state = entry_and_weights(args)
+  if args.format == "savedmodel":
+    export_lib.import_tf()  # before any weights are read
+  entry, params, model_state = entry_and_weights(
+      args.name, args.weights, args.workdir, "export")
   path = export_lib.export(entry, params, model_state, args.out, args.format,
                            platforms=platforms, overwrite=args.force)
   print(f"wrote {path} ({args.format}, {entry.name}, batch any size, "

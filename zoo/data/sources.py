@@ -365,10 +365,15 @@ def _find(info, bases, data_dir, download, system_dirs) -> _Source:
     data_dir = _check_data_dir(info, data_dir)
   tried = []
   root = tfds_source.data_dir(data_dir)
+  have_tfds = tfds_source.available()
   if tfds_source.prepared_files(info.name, root):
-    return _Source("tfds", root)
-  tried.append(f"TFDS data dir {os.path.join(root, info.name)}: "
-               "no prepared version (no <version>/dataset_info.json)")
+    if have_tfds:
+      return _Source("tfds", root)
+    tried.append(f"TFDS data dir {os.path.join(root, info.name)}: prepared, "
+                 f"but not readable without {_NO_TFDS}")
+  else:
+    tried.append(f"TFDS data dir {os.path.join(root, info.name)}: "
+                 "no prepared version (no <version>/dataset_info.json)")
 
   if info.idx:
     needed = [stem for b in bases for stem in catalog.IDX_FILES[b]]
@@ -383,7 +388,10 @@ def _find(info, bases, data_dir, download, system_dirs) -> _Source:
     tried.append("TFDS_DATA_DIR, ZOO_DATA_DIR and system folders: not searched "
                  f"(data_dir {data_dir} was given explicitly)")
 
-  if download:
+  if download and not have_tfds:
+    tried.append(f"TFDS download_and_prepare into {root}: skipped, needs "
+                 f"{_NO_TFDS}")
+  elif download:
     try:
       offline = tfds_source.network_problem(info.name)
       if offline:
@@ -404,11 +412,17 @@ def _find(info, bases, data_dir, download, system_dirs) -> _Source:
   raise DataNotFoundError(info.name, tried, hints)
 
 
+_NO_TFDS = ("tensorflow-datasets, which zoo's core install leaves out "
+            "(pip install 'zoo[tfds]')")
+
+
 def _hints(info, root: str) -> list[str]:
   name = info.name
   hints = [
       f"with network access, load again (download=True, the default): TFDS "
-      f"downloads and prepares it into {root}",
+      f"downloads and prepares it into {root}"
+      + ("" if tfds_source.available() else
+         " (after pip install 'zoo[tfds]')"),
       "point --data-dir or TFDS_DATA_DIR at a TFDS data dir where it is "
       "prepared (<dir>/" + name + "/<version>/)",
   ]

@@ -18,10 +18,12 @@ import urllib.parse
 import numpy as np
 
 from zoo.data.errors import CorruptDataError
+from zoo.errors import installed, require
 
 
 def import_tfds():
-  """Imports tensorflow_datasets (which does not import TensorFlow by itself).
+  """Imports tensorflow_datasets (which does not import TensorFlow by itself),
+  or raises MissingExtraError naming zoo[tfds] when it is not installed.
 
   TFDS 4.9.10 uses the `importlib_resources` backport unconditionally but only
   declares it for Python < 3.9 (tensorflow/datasets#11212), so without it
@@ -32,8 +34,14 @@ def import_tfds():
     import importlib_resources  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
     sys.modules.setdefault("importlib_resources", importlib.resources)
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  return tfds
+  return require("tensorflow_datasets", "reading or preparing TFDS datasets",
+                 "tfds", "tensorflow-datasets")
+
+
+def available() -> bool:
+  """Whether TFDS (and the TensorFlow it reads with) is installed; a
+  filesystem check, no import."""
+  return installed("tensorflow_datasets") and installed("tensorflow")
 
 
 def data_dir(explicit: str | os.PathLike | None = None) -> str:
