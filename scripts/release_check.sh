@@ -39,7 +39,7 @@ logits, _ = entry.apply_with_state(params, state, None, x)
 assert logits.shape == (4, entry.num_classes) and np.isfinite(logits).all()
 print(f"release: {len(zoo.list_models())} models; cnn_mnist forward pass {logits.shape}")
 PY
-zoo list | head -3
+zoo list
 zoo train cnn_fashion_mnist --epochs 1 --workdir "$out/run" | tail -2
 zoo eval cnn_fashion_mnist --weights pretrained --out "$out/eval" | grep -E '"(accuracy|test_accuracy|split)"'
 echo "release: core venv $(du -sh "$out/venv" | cut -f1)"
