@@ -163,6 +163,7 @@ def export_stablehlo(entry, params, model_state, path: str | os.PathLike, *,
   """Writes `jax.export`'s serialized inference function of `entry` with
   these weights baked in, batch dimension symbolic, and `<path>.json`."""
   import jax
+  import jax.export  # noqa: F401  (a submodule JAX < 0.8 does not import)
   import jax.numpy as jnp
   import numpy as np
   path = Path(path)

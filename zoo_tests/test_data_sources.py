@@ -17,6 +17,7 @@ from zoo.data import CacheWarning, clear_memory_cache, load, DataNotFoundError
 from zoo.data import ordering
 from zoo.data import sources
 from zoo.data import splits
+from zoo.data import tfds_source
 from zoo.data.errors import CorruptDataError, SplitError, UnknownDatasetError
 from zoo.errors import ConfigError, ZooError
 
@@ -319,6 +320,7 @@ def test_explicit_data_dir_must_be_a_folder(tmp_path, kind):
   assert isinstance(e.value, ZooError)
 
 
+@pytest.mark.skipif(not tfds_source.available(), reason="the TFDS download path needs zoo[tfds] (test_extras covers its absence)")
 def test_failed_download_is_reported(tmp_path, monkeypatch):
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
   def offline(name, root):
@@ -334,6 +336,7 @@ def test_failed_download_is_reported(tmp_path, monkeypatch):
   assert "apt-get" not in msg
 
 
+@pytest.mark.skipif(not tfds_source.available(), reason="the TFDS download path needs zoo[tfds] (test_extras covers its absence)")
 def test_offline_skips_download_without_waiting(tmp_path, monkeypatch):
   """TFDS would retry ~3.5 min offline; an unreachable host skips it at once."""
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
