@@ -36,14 +36,14 @@ for s in ${ZOO_TEST_STAGES:-release floor full}; do
       # On JAX 0.7.0 the mesh strategy's BatchNorm CNN does not match one
       # device's numbers (README, Install); jit and pmap do.
       .venv-floor/bin/python -m pytest "${SMOKE[@]}" -q -n "$workers" \
-        --dist loadgroup -k "not savedmodel" --deselect \
+        --dist loadgroup -m "" -k "not savedmodel" --deselect \
         zoo_tests/test_train.py::test_mesh_trains_batchnorm_and_dropout_to_one_devices_numbers ;;
     full)
       stage "full: Python 3.13, newest releases, every extra, whole suite"
       zoo_venv .venv-test "$(zoo_python 3.13)" -e '.[test]'
       .venv-test/bin/python -c 'import jax; print("full: jax", jax.__version__)'
       .venv-test/bin/python -m pytest zoo_tests -q -n "$workers" \
-        --dist loadgroup "$@" ;;
+        --dist loadgroup -m "" "$@" ;;
     *) echo "zoo: error: unknown ZOO_TEST_STAGES entry $s: use release, floor, full" >&2
        exit 2 ;;
   esac

@@ -26,7 +26,7 @@ else:  # pragma: no cover
   import tomli as tomllib
 
 from zoo.errors import (ConfigError, ConfigValueError, UnknownConfigKeyError,
-                        close_matches)
+                        article, close_matches)
 
 Config = dict[str, Any]
 
@@ -134,8 +134,9 @@ def _check_type(key: str, value: Any, default: Any) -> Any:
       return list(value)
   else:
     return value
-  raise ConfigError(f"{key} must be a {type(default).__name__} like "
-                    f"{default!r}, got {value!r} ({type(value).__name__}).")
+  kind = type(default).__name__
+  raise ConfigError(f"{key} must be {article(kind)} {kind} like {default!r}, "
+                    f"got {value!r} ({type(value).__name__}).")
 
 
 def _signature_defaults(fn: Callable[..., Any], skip: int) -> dict[str, Any]:
@@ -351,7 +352,8 @@ UINT32_MAX = 2**32 - 1
 # The range of every non-model setting, by dotted key.
 VALUE_RANGES: dict[str, Allowed] = {
     "train.batch_size": int_range(1, hint="it is the global batch, e.g. 128"),
-    "train.epochs": int_range(0, hint="e.g. 10"),
+    "train.epochs": int_range(
+        1, hint="e.g. 10, or set train.steps to count optimizer steps instead"),
     "train.steps": int_range(
         0, hint="a number of optimizer steps, or 0 to train for epochs"),
     "train.eval_every": int_range(
@@ -391,6 +393,9 @@ VALUE_RANGES: dict[str, Allowed] = {
 }
 
 
+_EPOCHS_UNUSED = int_range(0, hint="e.g. 10")
+
+
 def _positive_ints(v: Any) -> bool:
   """A positive int, or a list of them (per-layer widths or channels)."""
   if isinstance(v, (list, tuple)):
@@ -423,8 +428,11 @@ MODEL_ARG_RANGES: dict[str, Allowed] = {
 def _check_values(config: Config) -> None:
   """Range checks: every key of VALUE_RANGES, and every model argument of a
   kind in MODEL_ARG_KINDS."""
+  steps = config["train"].get("steps")
   for key, allowed in VALUE_RANGES.items():
     section, sub = key.split(".")
+    if key == "train.epochs" and _is_int(steps) and steps >= 1:
+      allowed = _EPOCHS_UNUSED  # train.steps counts instead
     if sub in config[section]:
       allowed.check(key, config[section][sub])
   model = config["model"]

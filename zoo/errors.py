@@ -17,6 +17,11 @@ def close_matches(word: str, candidates: Iterable[str], n: int = 3) -> list[str]
   return hits
 
 
+def article(word: str) -> str:
+  """ "an" before a vowel ("an int", "an object"), else "a" ("a float")."""
+  return "an" if word[:1].lower() in "aeio" else "a"
+
+
 class ZooError(Exception):
   """Base of every error zoo raises on purpose."""
 
@@ -88,7 +93,7 @@ class PeerTimeoutError(DistributedError):
 
 
 class PeerLostError(DistributedError):
-  """A process of a running multi-host job stopped answering, or failed."""
+  """A collective with the other processes of a job failed: one was lost."""
 
 
 class MissingExtraError(ZooError, ImportError):

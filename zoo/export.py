@@ -27,7 +27,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from zoo.errors import ZooError, require
+from zoo.errors import ZooError
 
 FORMATS = ("stablehlo", "savedmodel")
 # Lowered for CPUs and NVIDIA GPUs by default, so the artifact runs on either.
@@ -204,9 +204,10 @@ def export_stablehlo(entry, params, model_state, path: str | os.PathLike, *,
 
 
 def import_tf():
-  """TensorFlow for SavedModel export, or MissingExtraError naming zoo[tf]."""
-  return require("tensorflow", "SavedModel export (--format savedmodel)",
-                 "tf", "tensorflow")
+  """TensorFlow for SavedModel export (quiet, off the GPUs: zoo.tfimport),
+  or MissingExtraError naming zoo[tf]."""
+  from zoo import tfimport
+  return tfimport.import_tf("SavedModel export (--format savedmodel)", "tf")
 
 
 def export_savedmodel(entry, params, model_state, path: str | os.PathLike, *,

@@ -252,6 +252,7 @@ class ModelEntry:
             f"{self.name} normalizes with BatchNorm statistics: pass them, "
             "e.g. entry.features(entry.params, images, entry.model_state).")
       model_state = {}
+    check_images(images, self.input_shape)  # values too: not under jit
     return self._features_eval(params, model_state, images)
 
   def loss(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -271,7 +272,9 @@ class ModelEntry:
 
 
 def check_images(images: jax.Array, input_shape: tuple[int, ...]) -> None:
-  """Raises InputError unless `images` is float (B, *input_shape)."""
+  """Raises InputError unless `images` is float (B, *input_shape) in [0, 1];
+  the values are checked where they are known (not under jit), like
+  training data's (zoo.data.arrays), so 0..255 floats cannot pass silently."""
   if not hasattr(images, "shape") or not hasattr(images, "dtype"):
     raise InputError(f"expected an array of images, got {type(images)}.")
   if tuple(images.shape[1:]) != tuple(input_shape) or images.ndim != 4:
@@ -282,6 +285,16 @@ def check_images(images: jax.Array, input_shape: tuple[int, ...]) -> None:
     raise InputError(
         f"expected float images in [0, 1], got dtype {images.dtype}. Convert "
         "with zoo.data.to_float (uint8 -> float32 / 255).")
+  if isinstance(images, jax.core.Tracer) or not images.size:
+    return
+  lo, hi = float(images.min()), float(images.max())
+  if lo != lo or hi != hi:  # min and max are NaN if any value is
+    raise InputError("images hold NaN values: fix or drop those images.")
+  if not (lo >= 0 and hi <= 1):
+    raise InputError(
+        f"images are float with values in [{lo:g}, {hi:g}]; float images must "
+        "be in [0, 1]: divide by 255, or pass uint8 images through "
+        "zoo.data.to_float.")
 
 
 def _dataset_info(name: Any) -> catalog.DatasetInfo:

@@ -28,6 +28,37 @@ def template(entry):
   return zeros(params), zeros(model_state)
 
 
+def check(entry, params, model_state=None) -> None:
+  """Raises InputError naming the first leaf whose path or shape is not
+  `entry`'s own (from shapes alone, no device work): weights of another
+  model or config would otherwise fail deep inside Haiku."""
+  from zoo.errors import InputError
+  want = jax.eval_shape(entry.init_with_state, jax.random.PRNGKey(0),
+                        entry.example_input())
+  if params is None:
+    raise InputError(f"params is None: pass {entry.name}'s parameters, e.g. "
+                     "zoo.get(name, pretrained=True).params or a zoo.train "
+                     "result's .params.")
+  other = ("these weights belong to another model or config; pass the ones "
+           f"trained for {entry.name} with this config.")
+  for what, want_tree, got_tree in zip(("params", "model_state"), want,
+                                       (params, model_state)):
+    want_specs, got_specs = npz.specs(want_tree), npz.specs(got_tree or {})
+    if got_tree is None and want_specs:
+      raise InputError(f"{entry.name} normalizes with BatchNorm statistics: "
+                       "pass its model_state too (e.g. entry.model_state).")
+    for key, (shape, _) in want_specs.items():
+      got = got_specs.get(key)
+      if got is None or got[0] != shape:
+        why = ("is missing" if got is None else
+               f"has shape {got[0]}, {entry.name} expects {shape}")
+        raise InputError(f"{what}{key} {why}: {other}")
+    extra = sorted(set(got_specs) - set(want_specs))
+    if extra:
+      raise InputError(f"{what}{extra[0]} is not a parameter of "
+                       f"{entry.name}: {other}")
+
+
 def save(path: str | os.PathLike, params, model_state=None) -> Path:
   """Atomically writes params (and model state) to an .npz file."""
   path = Path(path)
@@ -50,11 +81,12 @@ def save(path: str | os.PathLike, params, model_state=None) -> Path:
 
 
 def read(entry, path: Path, where: str):
-  """Reads a weights file (or a checkpoint's arrays.npz, whose keys start
-  with ".params") for `entry` and rebuilds both trees. Every member used is
-  checked against the model from its header before any data is read, so a
-  hostile file cannot make this allocate more than the model's own size;
-  the other members of a checkpoint (optimizer state...) are not read."""
+  """Reads a weights file (or a flattened training state's .npz, whose keys
+  start with ".params") for `entry` and rebuilds both trees. Every member
+  used is checked against the model from its header before any data is
+  read, so a hostile file cannot make this allocate more than the model's
+  own size; the other members of a state (optimizer state...) are not
+  read."""
   with npz.NpzReader(path) as reader:
     ckpt = any(k.startswith(".params") for k in reader.keys)
     p_prefix, s_prefix = ((".params", ".model_state") if ckpt

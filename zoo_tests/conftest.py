@@ -13,6 +13,38 @@ os.environ["EPATH_USE_TF"] = "false"
 
 import pytest  # noqa: E402
 
+# Multi-process, end-to-end and subprocess tests, each 15 s or more on a
+# 2-core machine: marked slow. A bare `pytest` leaves them out (setup.cfg);
+# `pytest -m ""` (the README's test command) runs everything.
+SLOW_FILES = {"test_pod.py", "test_multihost.py", "test_remote_workdir.py",
+              "test_bench.py"}
+SLOW_TESTS = {
+    "test_tfds_prepared_offline_from_debian_equals_idx", "test_short_training_run",
+    "test_same_numbers_under_jit_pmap_and_mesh",
+    "test_bfloat16_compute_keeps_float32_state",
+    "test_sigkill_then_rerun_matches_uninterrupted",
+    "test_ctrl_c_saves_exits_130_and_rerun_matches",
+    "test_sigterm_saves_exits_143_and_rerun_matches",
+    "test_short_real_training_is_far_above_chance",
+    "test_resume_with_augmentation_is_bit_identical",
+    "test_stablehlo_runs_without_zoo_or_haiku",
+    "test_second_run_on_a_busy_workdir_refuses_and_touches_nothing",
+    "test_lock_is_released_at_exit_and_taken_over_after_a_kill",
+    "test_tfds_local_prints_only_its_own_lines",
+    "test_finetune_beats_training_from_scratch",
+    "test_savedmodel_export_prints_no_tensorflow_log_lines",
+    "test_mesh_trains_batchnorm_and_dropout_to_one_devices_numbers",
+    "test_file_size_limit_during_a_save_keeps_the_last_good_checkpoint",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+  for item in items:
+    name = getattr(item, "originalname", item.name)
+    if item.path.name in SLOW_FILES or any(
+        name.startswith(slow) for slow in SLOW_TESTS):
+      item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):

@@ -107,7 +107,7 @@ def test_padding_above_half_the_image_is_one_line_config_error():
 
 @pytest.mark.parametrize("override, match", [
     ({"augment.crop_padding": -1}, "augment.crop_padding must be an int >= 0"),
-    ({"augment.crop_padding": 2.0}, "augment.crop_padding must be a int"),
+    ({"augment.crop_padding": 2.0}, "augment.crop_padding must be an int"),
     ({"augment.flip": 1}, "augment.flip must be a bool"),
     ({"augment.padding_mode": "wrap"}, "choose one of: zero, reflect"),
     ({"augment.flipp": True}, "unknown key .augment.flipp.*augment.flip"),

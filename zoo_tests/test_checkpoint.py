@@ -1,6 +1,9 @@
-"""Checkpoints: contents, atomic writes, keep-K, integrity checks, fallback
-past damaged checkpoints, and in-process resume to identical parameters."""
+"""Checkpoints: contents, atomic writes, keep-K, integrity checks, damaged
+checkpoints moved aside, storage faults retried and never taken for damage,
+names zoo did not write, starting over, and in-process
+resume to identical parameters."""
 import copy
+import errno
 import json
 import logging
 import os
@@ -9,12 +12,14 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from etils import epath
 
 import zoo
 from zoo import cli, registry
@@ -25,6 +30,7 @@ from zoo.training import loop
 from zoo.training.fingerprint import params_sha256
 from zoo.training.optim import optimizer
 from zoo.training.state import init_state
+from zoo.training.workdir import WorkdirError
 
 MODEL = "logreg_fashion_mnist"
 # 2048 / 128 = 16 steps per epoch, 32 steps in all, a checkpoint every 4.
@@ -33,6 +39,11 @@ RUN = dict(epochs=2, batch_size=128, checkpoint_every=4, devices=1,
                               "data.test_split": "test[:500]",
                               "train.loop": "python"})
 TIMING = ("images_per_second", "seconds", "wall_seconds")
+CLI_RUN = ["train", MODEL, "--epochs", "2", "--batch-size", "128",
+           "--checkpoint-every", "4", "--devices", "1", "--no-progress",
+           "--set", "data.train_split='train[:2048]'",
+           "--set", "data.test_split='test[:500]'",
+           "--set", "train.loop='python'"]  # RUN's config
 
 
 def _train(workdir, **kw):
@@ -197,6 +208,12 @@ def test_leftovers_of_a_killed_save_are_ignored_then_removed(tmp_path):
   assert _entries(tmp_path) == ["step_000000001", "step_000000002"]
 
 
+def _files(directory: Path) -> dict[str, bytes]:
+  """Every file under `directory` and its bytes."""
+  return {str(p.relative_to(directory)): p.read_bytes()
+          for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
 def _damage(path: Path, how: str) -> None:
   """Damages a checkpoint's array data (the largest file under state/), or
   removes its integrity record or its state."""
@@ -224,13 +241,20 @@ def test_damaged_newest_falls_back_with_warning(tmp_path, caplog, how):
   manager.save(1, _tree(1), {})
   manager.save(2, _tree(2), {})
   _damage(manager.path(2), how)
+  before = _files(manager.path(2))
   with caplog.at_level(logging.WARNING, logger="zoo.checkpoint"):
     tree, meta = manager.restore_latest(_tree())
   assert meta["step"] == 1
   np.testing.assert_array_equal(tree["w"], _tree(1)["w"])
   warnings = [r.getMessage() for r in caplog.records
               if r.levelno == logging.WARNING]
-  assert len(warnings) == 1 and "step_000000002" in warnings[0]
+  assert len(warnings) == 1
+  assert "damaged checkpoint" in warnings[0] and "step_000000002" in warnings[0]
+  assert "aside to damaged_step_000000002" in warnings[0]
+  # Moved aside as it was, not deleted; orbax no longer sees it.
+  assert _entries(tmp_path) == ["damaged_step_000000002", "step_000000001"]
+  assert _files(tmp_path / "damaged_step_000000002") == before
+  assert manager.steps() == [1] and manager.orbax.all_steps() == [1]
 
 
 def test_no_good_checkpoint_is_a_clear_error(tmp_path, caplog):
@@ -240,8 +264,15 @@ def test_no_good_checkpoint_is_a_clear_error(tmp_path, caplog):
   manager.save(2, _tree(), {})
   _damage(manager.path(1), "truncate")
   _damage(manager.path(2), "no_digest")
+  before = _files(tmp_path)
   with pytest.raises(ckpt_lib.CheckpointError,
-                     match="no usable checkpoint in .*start over"):
+                     match=r"all 2 checkpoint\(s\) in .* failed their "
+                     r"integrity check .*nothing was changed.*--fresh"
+                     ) as info:
+    manager.restore_latest(_tree())
+  assert "\n" not in str(info.value)
+  assert _files(tmp_path) == before  # nothing moved: the same error again
+  with pytest.raises(ckpt_lib.CheckpointError, match="all 2"):
     manager.restore_latest(_tree())
 
 
@@ -253,6 +284,196 @@ def test_damaged_newer_checkpoint_is_not_kept_over_good_ones(tmp_path):
   assert manager.restore_latest(_tree())[1]["step"] == 10
   manager.save(15, _tree(), {})  # the resumed run moves on from step 10
   assert manager.steps() == [10, 15]
+  assert "damaged_step_000000020" in _entries(tmp_path)
+
+
+# --- storage faults, links, starting over ------------------------------------
+
+def _unreadable(path: Path):
+  """A checkpoint's state data files (tensorstore's, in `d/` folders) each
+  replaced by a symbolic link to itself, so that opening one fails with
+  ELOOP: a real OS error, through tensorstore (tests run as root, which
+  permissions do not stop). Returns a function that puts them back."""
+  data = {p: p.read_bytes() for p in (path / "state").rglob("*")
+          if p.is_file() and p.parent.name == "d"}
+  for p in data:
+    p.unlink()
+    os.symlink(p.name, p)
+
+  def mend():
+    for p, content in data.items():
+      p.unlink()
+      p.write_bytes(content)
+  return mend
+
+
+def _failing_meta_reads(monkeypatch, step_dir: str):
+  """Reads of `step_dir`'s meta through etils.epath (as orbax reads JSON,
+  locally and on gs://) fail with EIO until the returned function is
+  called."""
+  real, broken = epath.gpath._GPath.open, [True]
+
+  def failing(self, *args, **kwargs):
+    if broken[0] and f"{step_dir}/meta" in str(self):
+      raise OSError(errno.EIO, os.strerror(errno.EIO), str(self))
+    return real(self, *args, **kwargs)
+  monkeypatch.setattr(epath.gpath._GPath, "open", failing)
+  return lambda: broken.__setitem__(0, False)
+
+
+@pytest.mark.parametrize("fails", [1, 2, None])  # None: it lasts
+@pytest.mark.parametrize("where", ["state", "meta"])
+def test_io_errors_reading_the_newest_are_retried_never_skipped(
+    tmp_path, monkeypatch, where, fails):
+  """A storage fault is not damage: the read is retried (the module's
+  delays), the newest checkpoint restored once it reads; a lasting fault
+  is one line saying nothing changed, and nothing is moved or deleted."""
+  manager = ckpt_lib.CheckpointManager(tmp_path, keep=3)
+  manager.save(1, _tree(1), {})
+  manager.save(2, _tree(2), {})
+  manager = ckpt_lib.CheckpointManager(tmp_path, keep=3)  # nothing cached
+  before = _entries(tmp_path)
+  mend = (_unreadable(manager.path(2)) if where == "state"
+          else _failing_meta_reads(monkeypatch, "step_000000002"))
+  sleeps = []
+
+  def sleep(seconds):
+    sleeps.append(seconds)
+    if len(sleeps) == fails:
+      mend()
+  monkeypatch.setattr(ckpt_lib, "time", types.SimpleNamespace(sleep=sleep))
+  if fails:
+    tree, meta = manager.restore_latest(_tree())
+    assert meta["step"] == 2
+    np.testing.assert_array_equal(tree["w"], _tree(2)["w"])
+    assert sleeps == list(ckpt_lib.READ_RETRY_DELAYS[:fails])
+  else:
+    with pytest.raises(ckpt_lib.UnreadableCheckpointError) as info:
+      manager.restore_latest(_tree())
+    message = str(info.value)
+    assert isinstance(info.value, WorkdirError) and "\n" not in message
+    assert f"could not read checkpoint {manager.path(2)} ({where}" in message
+    assert ("Too many levels of symbolic links" if where == "state"
+            else "Input/output error") in message
+    assert "tried 3 times" in message and "Nothing was changed" in message
+    assert sleeps == [0.5, 1.0]
+    mend()
+  assert _entries(tmp_path) == before
+  manager.verify(2)
+
+
+def test_a_fault_orbax_reads_as_a_missing_file_moves_nothing(tmp_path,
+                                                             monkeypatch):
+  """Orbax takes an unreadable state/_METADATA for a missing one (it asks
+  exists(); ELOOP here): a step that looks damaged is read again after a
+  delay before anything is moved, so one such fault changes nothing."""
+  manager = ckpt_lib.CheckpointManager(tmp_path, keep=3)
+  manager.save(1, _tree(1), {})
+  manager.save(2, _tree(2), {})
+  manager = ckpt_lib.CheckpointManager(tmp_path, keep=3)
+  before = _entries(tmp_path)
+  record = manager.path(2) / "state" / "_METADATA"
+  data = record.read_bytes()
+  record.unlink()
+  os.symlink(record.name, record)
+  sleeps = []
+
+  def sleep(seconds):
+    sleeps.append(seconds)
+    record.unlink()
+    record.write_bytes(data)
+  monkeypatch.setattr(ckpt_lib, "time", types.SimpleNamespace(sleep=sleep))
+  assert manager.restore_latest(_tree())[1]["step"] == 2
+  assert sleeps == [ckpt_lib.READ_RETRY_DELAYS[0]]
+  assert _entries(tmp_path) == before
+
+
+def test_a_lasting_io_error_is_one_line_and_exit_2_from_the_cli(
+    reference, tmp_path, monkeypatch, capsys):
+  workdir, _ = reference
+  shutil.copytree(workdir / "checkpoints", tmp_path / "checkpoints")
+  _unreadable(tmp_path / "checkpoints" / "step_000000032")
+  before = _entries(tmp_path / "checkpoints")
+  monkeypatch.setattr(ckpt_lib, "READ_RETRY_DELAYS", (0.0, 0.0))
+  code = cli.main([*CLI_RUN, "--workdir", str(tmp_path)])
+  err = capsys.readouterr().err
+  assert code == 2 and err.count("\n") == 1, err
+  assert err.startswith("zoo: error: could not read checkpoint ")
+  assert "step_000000032 (state" in err and "Nothing was changed" in err
+  assert _entries(tmp_path / "checkpoints") == before
+
+
+def test_all_damaged_stops_naming_fresh_which_starts_over_keeping_them(
+    reference, tmp_path, capsys):
+  workdir, ref = reference
+  ckdir = tmp_path / "checkpoints"
+  shutil.copytree(workdir / "checkpoints", ckdir)
+  for step, how in zip((24, 28, 32), ("flip", "truncate", "no_digest")):
+    _damage(ckdir / f"step_{step:09d}", how)
+  before = _files(ckdir)
+  code = cli.main([*CLI_RUN, "--workdir", str(tmp_path)])
+  err = capsys.readouterr().err
+  assert code == 2 and err.count("\n") == 1, err
+  assert f"all 3 checkpoint(s) in {ckdir} failed their integrity" in err
+  assert "--fresh" in err
+  assert _files(ckdir) == before  # never retrained silently
+  assert cli.main([*CLI_RUN, "--workdir", str(tmp_path), "--fresh"]) == 0
+  capsys.readouterr()
+  result = json.loads((tmp_path / "result.json").read_text())
+  assert result["params_sha256"] == ref.result["params_sha256"]
+  assert _entries(ckdir) == ["step_000000024", "step_000000028",
+                             "step_000000032"]
+  assert _files(tmp_path / "previous_checkpoints") == before  # nothing lost
+
+
+@pytest.mark.parametrize("kind", ["link", "file", "foreign"])
+def test_a_step_name_zoo_did_not_write_is_refused_above_never_below(
+    tmp_path, caplog, kind):
+  """A symlink named like a step is refused wherever it stands; a file or
+  a foreign directory (e.g. the pre-orbax arrays.npz) only if newer than
+  the newest checkpoint: zoo never trains or writes below it."""
+  manager = ckpt_lib.CheckpointManager(tmp_path, keep=3)
+  manager.save(1, _tree(1), {})
+  manager.save(2, _tree(2), {})
+
+  def put(step):
+    path = manager.path(step)
+    if kind == "link":
+      os.symlink(manager.path(1), path)
+    elif kind == "file":
+      path.write_text("not a checkpoint")
+    else:
+      path.mkdir()
+      (path / "arrays.npz").write_bytes(b"PK")
+    return path
+  put(3)
+  before = _entries(tmp_path)
+  what = {"link": "a symbolic link named like a checkpoint: zoo neither "
+                  "follows nor replaces it. Replace it by a copy",
+          "file": "a file, named like a checkpoint newer than step 2",
+          "foreign": "a directory zoo did not write, named like a "
+                     "checkpoint newer than step 2"}[kind]
+  with pytest.raises(ckpt_lib.CheckpointError) as info:
+    manager.restore_latest(_tree())
+  assert f"step_000000003 is {what}" in str(info.value)
+  assert "\n" not in str(info.value)
+  with pytest.raises(ckpt_lib.CheckpointError, match="refusing to write "
+                     "below it"):
+    manager.save(2, _tree(), {})
+  assert _entries(tmp_path) == before
+  assert manager.steps() == [1, 2]
+  manager.verify(2)
+  # Older than the newest checkpoint: ignored with a warning (a link is not).
+  os.rename(manager.path(3), manager.path(0))
+  if kind == "link":
+    with pytest.raises(ckpt_lib.CheckpointError, match="symbolic link"):
+      manager.restore_latest(_tree())
+    return
+  with caplog.at_level(logging.WARNING, logger="zoo.checkpoint"):
+    assert manager.restore_latest(_tree())[1]["step"] == 2
+  assert "ignoring" in caplog.text and "step_000000000" in caplog.text
+  assert _entries(tmp_path) == sorted(
+      n.replace("step_000000003", "step_000000000") for n in before)
 
 
 # --- resume -----------------------------------------------------------------
@@ -294,12 +515,14 @@ def test_resume_scan_loop_past_damaged_checkpoints(tmp_path, caplog):
   (tmp_path / "result.json").unlink()
   with caplog.at_level(logging.WARNING, logger="zoo.checkpoint"):
     again = _train(tmp_path, **kw)
-  skipped = [r.getMessage() for r in caplog.records
-             if "skipping checkpoint" in r.getMessage()]
-  assert len(skipped) == 2  # step 20, step 16; resumed from step 12
+  moved = [r.getMessage() for r in caplog.records
+           if "moved the damaged checkpoint" in r.getMessage()]
+  assert len(moved) == 2  # step 20, step 16; resumed from step 12
   assert again.result["params_sha256"] == full.result["params_sha256"]
   assert _numbers(again.history) == _numbers(full.history)
   assert manager.steps() == list(range(4, 33, 4))  # damaged ones rewritten
+  assert [p for p in _entries(manager.directory) if "damaged" in p] == [
+      "damaged_step_000000016", "damaged_step_000000020"]
   for step in manager.steps():
     manager.verify(step)
   # Finished: re-running is a no-op; a setting that does not change the
@@ -353,34 +576,3 @@ def test_resume_accepts_checkpoints_from_before_a_new_config_key():
   flipped = copy.deepcopy(cfg)
   flipped["augment"]["flip"] = True
   assert _config_changes(no_section, flipped) == ["augment.flip"]
-
-
-def _write_legacy(path: Path, state, meta) -> None:
-  """A checkpoint as zoo wrote them before orbax: arrays.npz (leaves by tree
-  path), meta.json and sha256.json over both."""
-  path.mkdir(parents=True)
-  ckpt_lib.write_npz(path / "arrays.npz", ckpt_lib.flatten(state))
-  (path / "meta.json").write_text(json.dumps(meta))
-  (path / "sha256.json").write_text(json.dumps(
-      {n: ckpt_lib._sha256(path / n) for n in ("arrays.npz", "meta.json")}))
-
-
-def test_checkpoints_of_an_older_zoo_are_refused_for_resume_but_evaluate(
-    reference, tmp_path, capsys):
-  """A workdir from zoo before orbax: resuming says what to do (one line,
-  status 2); its weights still evaluate to the run's accuracy."""
-  workdir, out = reference
-  manager = ckpt_lib.CheckpointManager(workdir / "checkpoints")
-  _, template = _template(out.result)
-  state, meta = manager.restore(32, template)
-  _write_legacy(tmp_path / "checkpoints" / "step_000000032", state, meta)
-  with pytest.raises(ckpt_lib.LegacyCheckpointError,
-                     match=r"older zoo .*--weights .*arrays.npz.*new --workdir"):
-    _train(tmp_path)
-  code = cli.main(["train", MODEL, "--epochs", "2", "--workdir",
-                   str(tmp_path)])
-  err = capsys.readouterr().err
-  assert code == 2 and err.count("\n") == 1 and "older zoo" in err
-  assert cli.main(["eval", MODEL, "--workdir", str(tmp_path)]) == 0
-  res = json.loads(capsys.readouterr().out)
-  assert res["accuracy"] == out.result["test_accuracy"]

@@ -50,7 +50,12 @@ def _one_line_error(capsys, *argv) -> str:
     (["--seed", str(2**32)], ["--seed", str(2**32)]),
     (["--checkpoint-every", "-5"],
      ["--checkpoint-every", "-5", ">= 0", "0 to save only at the end"]),
-    (["--epochs", "-1"], ["--epochs", "-1", ">= 0"]),
+    (["--epochs", "-1"], ["--epochs", "-1", ">= 1"]),
+    (["--epochs", "0"], ["--epochs (train.epochs)", "an int >= 1", "got 0",
+                         "train.steps"]),
+    (["--steps", "0"], ["--steps", "an int >= 1", "got 0", "--epochs"]),
+    (["--steps", "-3"], ["--steps", "got -3"]),
+    (["--set", "train.epochs=1.5"], ["train.epochs must be an int like 10"]),
     (["--batch-size", "0"], ["--batch-size", "train.batch_size", ">= 1"]),
     (["--set", "train.eval_batch_size=0"], ["train.eval_batch_size", ">= 1"]),
     (["--set", "train.keep_checkpoints=0"], ["train.keep_checkpoints", ">= 1"]),
@@ -96,9 +101,9 @@ def _one_line_error(capsys, *argv) -> str:
       "host:port"], ["--coordinator-address", "'host:port'"]),
     (["--init-timeout", "0"], ["--init-timeout", "> 0"]),
     (["--init-timeout", "nan"], ["--init-timeout", "nan"]),
-    (["--peer-timeout", "0"], ["--peer-timeout", "> 0", "e.g. 60"]),
-    (["--peer-timeout", "-5"], ["--peer-timeout", "-5.0"]),
-    (["--peer-timeout", "inf"], ["--peer-timeout", "inf"]),
+    (["--heartbeat-timeout", "0"], ["--heartbeat-timeout", "> 0", "e.g. 100"]),
+    (["--heartbeat-timeout", "-5"], ["--heartbeat-timeout", "-5.0"]),
+    (["--heartbeat-timeout", "inf"], ["--heartbeat-timeout", "inf"]),
 ])
 def test_train_refuses_bad_values_in_one_line(capsys, no_work, args, words):
   err = _one_line_error(capsys, "train", MODEL, *args)
@@ -116,7 +121,7 @@ def test_valid_boundaries_pass_validation(capsys, monkeypatch):
   monkeypatch.setattr(loop, "train", train)
   monkeypatch.setattr(distributed, "initialize", lambda *a, **k: False)
   _one_line_error(capsys, "train", MODEL, "--seed", str(2**32 - 1),
-                  "--checkpoint-every", "0", "--epochs", "0",
+                  "--checkpoint-every", "0", "--epochs", "1",
                   "--set", "schedule.warmup_steps=0",
                   "--set", "loss.label_smoothing=0.99",
                   "--set", "model.hidden_sizes=[1]",
@@ -189,7 +194,7 @@ def test_library_logs_are_one_line_each_and_restored(capsys, monkeypatch):
     (["eval", MODEL, "--split"], ["--split", "expected one argument"]),
     (["train", MODEL, "--epochs", "x"], ["--epochs", "'x'", "zoo train"]),
     (["train", MODEL, "--init-timeout", "soon"], ["--init-timeout"]),
-    (["train", MODEL, "--peer-timeout", "soon"], ["--peer-timeout"]),
+    (["train", MODEL, "--heartbeat-timeout", "soon"], ["--heartbeat-timeout"]),
     (["train", MODEL, "--strategy", "fast"], ["--strategy", "'fast'"]),
 ])
 def test_usage_errors_are_one_line(capsys, argv, words):
@@ -240,7 +245,7 @@ def test_initialize_refuses_bad_flags_before_jax(monkeypatch):
            dict(coordinator_address="127.0.0.1:1", num_processes=2,
                 process_id=0, timeout=-1),
            dict(coordinator_address="127.0.0.1:1", num_processes=2,
-                process_id=0, peer_timeout=0)]
+                process_id=0, heartbeat_timeout=0)]
   for kwargs in cases:
     with pytest.raises(DistributedError):
       distributed.initialize(**kwargs)
@@ -302,3 +307,27 @@ def test_output_into_a_closed_pipe_is_quiet():
       env=dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu"))
   assert out.stdout.count("\n") == 1 and "fashion_mnist" in out.stdout
   assert out.stderr == "", out.stderr
+
+
+def test_a_failed_collective_in_a_job_is_named_a_lost_process():
+  """A gloo error (here wrapped in a failed save, as orbax's allgather
+  raises it) reads as a lost process; a runtime error of its own does not."""
+  import jax
+  from zoo.training.workdir import WorkdirError
+  gloo = jax.errors.JaxRuntimeError(
+      "UNKNOWN: Gloo AllGather failed: pair.cc:538] Read error: Connection "
+      "reset by peer")
+  try:
+    try:
+      raise gloo
+    except Exception as e:
+      raise WorkdirError("could not save checkpoint step 16") from e
+  except WorkdirError as wrapped:
+    lost = distributed._collective_failed(wrapped)
+  assert isinstance(lost, ZooError)
+  assert str(lost).startswith("a collective with the other processes failed "
+                              "(UNKNOWN: Gloo AllGather failed")
+  assert "restart the whole job" in str(lost) and "\n" not in str(lost)
+  oom = jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory")
+  assert distributed._collective_failed(oom) is None
+  assert distributed._collective_failed(ValueError("x")) is None

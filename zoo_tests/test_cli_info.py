@@ -131,3 +131,20 @@ def test_subprocess_list_and_error():
   assert proc.stderr.strip().count("\n") == 0
   assert "zoo: error: unknown model 'mlp_mnsit'" in proc.stderr
   assert "mlp_mnist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_version(capsys):
+  with pytest.raises(SystemExit) as info:
+    cli.main(["--version"])
+  assert info.value.code == 0
+  assert capsys.readouterr().out == f"zoo {zoo.__version__}\n"
+
+
+def test_every_flag_has_help():
+  """`zoo CMD --help` explains every flag (--epochs, --seed, ... had none)."""
+  parser = cli.build_parser()
+  sub = next(a for a in parser._actions if a.dest == "command")
+  for name, command in sub.choices.items():
+    bare = [a.option_strings[0] for a in command._actions
+            if a.option_strings and not a.help]
+    assert not bare, (name, bare)

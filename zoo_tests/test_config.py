@@ -361,7 +361,8 @@ def test_load_file_errors(tmp_path):
     ("train.seed", 2**32, "0..4294967295"),
     ("train.seed", 99999999999999999999, "0..4294967295"),
     ("train.batch_size", 0, ">= 1"),
-    ("train.epochs", -1, ">= 0"),
+    ("train.epochs", -1, ">= 1"),
+    ("train.epochs", 0, ">= 1"),
     ("train.eval_batch_size", 0, ">= 1"),
     ("train.checkpoint_every", -5, ">= 0"),
     ("train.keep_checkpoints", 0, ">= 1"),
@@ -390,7 +391,7 @@ def test_out_of_range_values(key, bad, allowed):
 
 
 @pytest.mark.parametrize("key, edge", [
-    ("train.seed", 0), ("train.seed", 2**32 - 1), ("train.epochs", 0),
+    ("train.seed", 0), ("train.seed", 2**32 - 1), ("train.epochs", 1),
     ("train.checkpoint_every", 0), ("train.keep_checkpoints", 1),
     ("schedule.warmup_steps", 0), ("schedule.end_factor", 0.0),
     ("loss.label_smoothing", 0.0), ("loss.label_smoothing", 0.999),
@@ -399,6 +400,32 @@ def test_out_of_range_values(key, bad, allowed):
 def test_range_edges_are_allowed(key, edge):
   section, sub = key.split(".")
   assert config_lib.validate({section: {sub: edge}})[section][sub] == edge
+
+
+def test_zero_epochs_only_with_steps(monkeypatch):
+  """No epochs would "train" nothing and report the initial accuracy, so
+  train.epochs >= 1, unless train.steps counts instead (epochs then unused);
+  zoo.train refuses it before loading data."""
+  cfg = config_lib.validate({"train": {"epochs": 0, "steps": 5}})
+  assert cfg["train"]["epochs"] == 0
+  with pytest.raises(ConfigValueError, match="train.epochs must be an int >= 0"):
+    config_lib.validate({"train": {"epochs": -1, "steps": 5}})
+  import zoo.data
+  monkeypatch.setattr(zoo.data, "load", lambda *a, **k: pytest.fail("loaded"))
+  with pytest.raises(ConfigValueError) as e:
+    zoo.train("mlp_fashion_mnist", epochs=0, progress=False)
+  assert str(e.value) == ("train.epochs must be an int >= 1, got 0: e.g. 10, "
+                          "or set train.steps to count optimizer steps "
+                          "instead.")
+
+
+def test_type_errors_say_an_int():
+  with pytest.raises(ConfigError) as e:
+    config_lib.validate({"train": {"epochs": 1.5}})
+  assert str(e.value) == ("train.epochs must be an int like 10, got 1.5 "
+                          "(float).")
+  with pytest.raises(ConfigError, match="must be a float like"):
+    config_lib.validate({"loss": {"l2": "x"}})
 
 
 def test_non_finite_floats_are_refused_in_every_section():

@@ -2,13 +2,16 @@
 preparation of fashion_mnist from the Debian files that must equal the IDX path."""
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import chex
 import numpy as np
 import pytest
 
 from zoo.data import clear_memory_cache, load, prepare_tfds_from_idx
-from zoo.data import sources
+from zoo.data import sources, tfds_local
 from zoo.data.errors import CorruptDataError, UnknownDatasetError
 from zoo.data.tfds_source import import_tfds
 
@@ -153,6 +156,26 @@ def test_prepared_data_is_checked(tmp_path, monkeypatch, labels, images, problem
       (tmp_path / "cache").rglob("*.npy"))
 
 
+def test_tfds_local_prints_only_its_own_lines(tmp_path):
+  """`python -m zoo.data.tfds_local` as a command: no runpy warning about the
+  module being imported before it runs, and TensorFlow (imported, its GPUs
+  looked up) prints none of its C++ log lines; bad files give one line."""
+  source = tmp_path / "source"
+  source.mkdir()
+  for stem in tfds_local.UPSTREAM_GZIP_MTIME["fashion_mnist"]:
+    (source / f"{stem}.gz").write_bytes(b"not a gzip file at all")
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL")}
+  env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+  proc = subprocess.run(
+      [sys.executable, "-m", "zoo.data.tfds_local", "--source-dir",
+       str(source), "--data-dir", str(tmp_path / "tfds")],
+      env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2 and proc.stdout == "", proc.stderr[-3000:]
+  assert proc.stderr == (f"error: {source / 'train-images-idx3-ubyte.gz'}: "
+                         "not a gzip (deflate) file\n")
+
+
 def test_tfds_local_errors_are_one_line(tmp_path, capsys):
   """python -m zoo.data.tfds_local: bad input is one line on stderr, exit 2."""
   from zoo.data import tfds_local  # pylint: disable=g-import-not-at-top
@@ -161,8 +184,9 @@ def test_tfds_local_errors_are_one_line(tmp_path, capsys):
                      "--data-dir", str(tmp_path / "out")])
   assert e.value.code == 2
   err = capsys.readouterr().err
-  assert err.startswith("error: Dataset 'fashion_mnist' was not found.")
-  assert f"source_dir {tmp_path / 'none'}: missing train-images-idx3-ubyte.gz" in err
+  assert err.startswith("error: Fashion-MNIST not found: pass --source-dir "
+                        "DIR holding the four upstream .gz files")
+  assert f"looked in: {tmp_path / 'none'} (missing train-images-idx3-ubyte.gz" in err
   assert err.count("\n") == 1
   with pytest.raises(UnknownDatasetError, match="supports"):
     tfds_local.prepare_tfds_from_idx("cifar10", data_dir=tmp_path / "out")

@@ -101,6 +101,31 @@ def test_zoo_eval_weights_pretrained_is_the_shipped_file(tmp_path, capsys):
     assert out == "" and err.count("\n") == 1 and words in err, err
 
 
+def test_eval_json_says_which_weights_it_evaluated(tmp_path, capsys):
+  """eval.json (and the printed JSON) name the weights: "pretrained", the
+  file, or the checkpoint directory and its step (--workdir: the newest)."""
+  run = tmp_path / "run"
+  zoo.train("logreg_fashion_mnist", workdir=run, steps=3, batch_size=64,
+            devices=1, progress=False, **{"data.train_split": "train[:256]"})
+  [step] = (run / "checkpoints").glob("step_*")
+  assert int(step.name[5:]) == 3
+  file = pretrained.path("logreg_fashion_mnist")
+  for source, want in ((["--workdir", str(run)], {"weights": str(step),
+                                                   "step": 3}),
+                       (["--weights", str(step)], {"weights": str(step),
+                                                   "step": 3}),
+                       (["--weights", "pretrained"], {"weights": "pretrained"}),
+                       (["--weights", str(file)], {"weights": str(file)})):
+    out = tmp_path / f"out{len(source[1])}"
+    assert cli.main(["eval", "logreg_fashion_mnist", *source, "--split",
+                     "test[:100]", "--mistakes", "0", "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    saved = json.loads((out / "eval.json").read_text())
+    for res in (printed, saved):
+      assert {k: res.get(k) for k in ("weights", "step")} == {
+          "step": None, **want}, source
+
+
 @pytest.mark.parametrize("devices", [1, 3, 8])
 def test_detailed_is_exact_when_sharded(devices):
   entry = zoo.get("mlp_fashion_mnist", pretrained=True)

@@ -79,6 +79,36 @@ def test_default_is_one_device_and_evaluate_model_matches(model):
                         batch_size=BATCH), ref)
 
 
+def test_weights_of_another_model_are_one_clear_error(monkeypatch):
+  """zoo.evaluate with another model's (or config's) parameters names the
+  first parameter that differs, before any data is read, instead of
+  Haiku's 21-frame ValueError."""
+  monkeypatch.setattr(data, "load", lambda *a, **k: pytest.fail("data read"))
+  cnn = zoo.get("cnn_fashion_mnist", pretrained=True)
+  mlp = zoo.get("mlp_fashion_mnist", pretrained=True)
+  cases = [
+      (("mlp_fashion_mnist", cnn.params),
+       "params['mlp_classifier/~/mlp/~/linear_0']['b'] is missing: these "
+       "weights belong to another model or config"),
+      ((zoo.get("mlp_fashion_mnist", hidden_sizes=(64,)), mlp.params),
+       "params['mlp_classifier/~/mlp/~/linear_0']['b'] has shape (256,), "
+       "mlp_fashion_mnist expects (64,): these weights belong to another "
+       "model or config"),
+      (("mlp_fashion_mnist", {**mlp.params, "extra": {"w": np.zeros(3)}}),
+       "params['extra']['w'] is not a parameter of mlp_fashion_mnist"),
+      (("cnn_bn_fashion_mnist",
+        zoo.get("cnn_bn_fashion_mnist", pretrained=True).params),
+       "cnn_bn_fashion_mnist normalizes with BatchNorm statistics: pass its "
+       "model_state"),
+      (("mlp_fashion_mnist", None), "params is None"),
+  ]
+  for args, start in cases:
+    with pytest.raises(zoo.InputError) as e:
+      zoo.evaluate(*args)
+    assert str(e.value).startswith(start), str(e.value)
+    assert "\n" not in str(e.value)
+
+
 def test_fewer_examples_than_devices_and_batch_larger_than_split():
   entry = zoo.get("mlp_fashion_mnist", pretrained=True)
   test = data.load(entry.dataset, "test[:5]")

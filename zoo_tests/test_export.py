@@ -251,6 +251,29 @@ def test_savedmodel_refused_where_tf_cannot_run_it(tmp_path, capsys):
                    str(tmp_path / "cnn.stablehlo")]) == 0
 
 
+@pytest.mark.skipif(not installed("tensorflow"), reason="needs zoo[tf]")
+def test_savedmodel_export_prints_no_tensorflow_log_lines(tmp_path):
+  """TF's C++ logging (absl's pre-init lines, "failed call to cuInit" on a
+  machine without a GPU, XLA's kernel errors) stays off stderr: a refusal
+  is its one line, a success prints none."""
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL")}
+  env.update(PYTHONPATH=str(Path(__file__).resolve().parent.parent),
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, "-m", "zoo.cli", "export", "logreg_fashion_mnist",
+       "--weights", "pretrained", "--format", "savedmodel", "--out",
+       str(tmp_path / "sm")], env=env, capture_output=True, text=True,
+      timeout=300)
+  lines = proc.stderr.splitlines()
+  assert "cuInit" not in proc.stderr and "absl" not in proc.stderr
+  if SAVEDMODEL_RUNS:
+    assert proc.returncode == 0 and lines == [], proc.stderr[-3000:]
+  else:
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith("zoo: error: SavedModel export does not work")
+
+
 # --- the command ----------------------------------------------------------------
 
 def _one_line_error(capsys, *argv) -> str:

@@ -127,6 +127,39 @@ def test_sigterm_saves_exits_143_and_rerun_matches(tmp_path, uninterrupted):
   _resume_and_compare(tmp_path, uninterrupted)
 
 
+def test_ctrl_c_saves_exits_130_and_rerun_matches(tmp_path, uninterrupted):
+  """A first Ctrl-C (SIGINT) saves like SIGTERM, says how to resume and
+  exits 130; the re-run resumes bit-identically."""
+  code, _, err, seen = _start_and_signal(tmp_path, signal.SIGINT)
+  assert code == 130, err
+  assert "Traceback" not in err
+  assert "zoo: Ctrl-C: stopping after this step to save" in err
+  last = err.strip().splitlines()[-1]
+  assert last.startswith("zoo: interrupted: Ctrl-C: saved step ")
+  assert last.endswith("re-run the same command to resume.")
+  saved = int(re.search(r"saved step (\d+) ", last).group(1))
+  manager = ckpt_lib.CheckpointManager(tmp_path / "checkpoints")
+  assert saved == max(manager.steps()) >= max(seen)
+  _resume_and_compare(tmp_path, uninterrupted)
+
+
+def test_a_second_ctrl_c_stops_at_once_unsaved():
+  """The handler: the first SIGINT asks for a stop at the step's end, the
+  second raises KeyboardInterrupt there and then; SIGTERM never does."""
+  import signal as sig
+  with Preemption() as preempt:
+    assert sig.getsignal(sig.SIGINT) == preempt._handle
+    preempt._handle(sig.SIGINT, None)
+    assert preempt.requested and preempt.signum == sig.SIGINT
+    with pytest.raises(KeyboardInterrupt):
+      preempt._handle(sig.SIGINT, None)
+    preempt._handle(sig.SIGTERM, None)
+  assert sig.getsignal(sig.SIGINT) is sig.default_int_handler
+  err = loop.Preempted.saved(7, None, sig.SIGINT)
+  assert err.exit_code == 130 and "nothing was saved (no --workdir)" in str(err)
+  assert loop.Preempted.saved(7, "/w/step_7").exit_code == 143
+
+
 # --- hostile and mismatched weights files ------------------------------------
 
 MODEL = "logreg_fashion_mnist"
@@ -258,8 +291,8 @@ def test_divergence_stops_naming_the_step_and_keeps_checkpoint(
   real_save = ckpt_lib.CheckpointManager.save
   snapshots = {}
 
-  def recording_save(self, step, tree, meta):
-    out = real_save(self, step, tree, meta)
+  def recording_save(self, step, tree, meta, wait=True):
+    out = real_save(self, step, tree, meta)  # waits: its files are final
     snapshots[step] = _files_state(out)
     return out
   monkeypatch.setattr(ckpt_lib.CheckpointManager, "save", recording_save)

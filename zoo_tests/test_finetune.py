@@ -7,13 +7,16 @@ import logging
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 import zoo
-from zoo import cli, npz, weights
+from zoo import cli, npz, registry, weights
+from zoo.data import arrays
 from zoo.errors import ConfigError, ZooError
 from zoo.pretrained import PretrainedNotAvailableError
 from zoo.training import strategies
+from zoo.training import state as state_lib
 from zoo.training.state import head_modules
 
 CNN = "cnn_fashion_mnist"
@@ -26,6 +29,18 @@ RUN = dict(epochs=4, batch_size=32, devices=1, progress=False)
 def subset(fashion_classes):
   return (fashion_classes("train[:2000]", CLASSES),
           fashion_classes("test[:2000]", CLASSES))
+
+
+def _start(overrides, data=None):
+  """The parameters a run of CNN with `overrides` (on `data`) starts from,
+  as zoo.train makes them before its first step (it trains >= 1 epoch)."""
+  entry = registry.with_config(zoo.get(CNN), overrides)
+  if data is not None:
+    entry = registry.with_config(
+        entry, arrays.splits(*data, entry.input_shape)[2])
+  return state_lib.init_state(entry, optax.identity(),
+                              entry.config["train"]["seed"],
+                              state_lib.init_weights(entry)).params
 
 
 @pytest.fixture(scope="module")
@@ -76,23 +91,21 @@ def test_trainable_head_changes_only_the_head(subset, pretrained):
         np.testing.assert_array_equal(out.params[module][name], want,
                                       err_msg=f"{module}/{name} changed")
   # The head itself trained away from its fresh initialisation.
-  fresh = zoo.train(CNN, data=train, test_data=test, init_from="pretrained",
-                    trainable="head", **dict(RUN, epochs=0))
-  assert not np.array_equal(fresh.params[head]["w"], out.params[head]["w"])
+  fresh = _start({"train.init_from": "pretrained",
+                  "train.trainable": "head"}, subset)
+  assert not np.array_equal(fresh[head]["w"], out.params[head]["w"])
 
 
 def test_weights_file_and_same_shaped_head(subset, pretrained, tmp_path):
-  train, test = subset
   path = weights.save(tmp_path / "cnn.npz", pretrained.params)
   # 10 classes, the registered data: every leaf is taken, none re-initialised.
-  same = zoo.train(CNN, init_from=str(path), **dict(RUN, epochs=0))
-  jax.tree.map(np.testing.assert_array_equal, same.params, pretrained.params)
+  same = _start({"train.init_from": str(path)})
+  jax.tree.map(np.testing.assert_array_equal, same, pretrained.params)
   # 3 classes: the head starts fresh, the rest is the file's.
-  three = zoo.train(CNN, data=train, test_data=test, init_from=str(path),
-                    **dict(RUN, epochs=0))
-  np.testing.assert_array_equal(three.params["small_cnn/dense"]["w"],
+  three = _start({"train.init_from": str(path)}, subset)
+  np.testing.assert_array_equal(three["small_cnn/dense"]["w"],
                                 pretrained.params["small_cnn/dense"]["w"])
-  assert three.params["small_cnn/logits"]["w"].shape == (128, 3)
+  assert three["small_cnn/logits"]["w"].shape == (128, 3)
 
 
 def test_resume_refuses_another_init_from(subset, tmp_path):

@@ -1,4 +1,5 @@
 """zoo.registry: names, lookup errors, entries, overrides and zoo.register."""
+import os
 from pathlib import Path
 
 import haiku as hk
@@ -215,6 +216,33 @@ def test_check_images():
     registry.check_images([[0.0]], (28, 28, 1))
 
 
+@pytest.mark.parametrize("lo, hi", [(0.0, 255.0), (-0.5, 0.5), (0.0, np.inf),
+                                    (0.0, np.nan)])
+def test_float_images_outside_0_1_are_refused_where_they_enter(lo, hi):
+  """The training data's rule (zoo.data.arrays) for every way images reach a
+  model outside training: apply, apply_with_state, features; checked on the
+  host before any device work, for numpy and jax arrays alike."""
+  entry = zoo.get("cnn_fashion_mnist", pretrained=True)
+  x = np.full((2, 28, 28, 1), lo, np.float32)
+  x[1, 0, 0, 0] = hi
+  calls = [lambda x: entry.apply(entry.params, None, x),
+           lambda x: entry.apply_with_state(entry.params, {}, None, x)[0],
+           lambda x: entry.features(entry.params, x)]
+  for call in calls:
+    for images in (x, jnp.asarray(x)):
+      with pytest.raises(zoo.InputError) as e:
+        call(images)
+      msg = str(e.value)
+      assert msg == ("images hold NaN values: fix or drop those images."
+                     if hi != hi else
+                     f"images are float with values in [{lo:g}, {hi:g}]; float "
+                     "images must be in [0, 1]: divide by 255, or pass uint8 "
+                     "images through zoo.data.to_float.")
+  for call in calls:  # the edges pass, and under jit values are not checked
+    assert call(np.clip(np.nan_to_num(x), 0, 1)).shape[0] == 2
+  assert jax.jit(calls[0])(x).shape == (2, 10)
+
+
 # -- zoo.register ----------------------------------------------------------------
 
 class _Tiny(hk.Module):
@@ -426,3 +454,33 @@ def test_configs_ship_inside_the_package_and_a_broken_install_says_so(
   (tmp_path / "configs" / "README.txt").write_text("not a config")
   with pytest.raises(zoo.ZooError, match=r"holds no \*\.toml config"):
     registry_lib.configs_dir()
+
+
+def test_import_from_the_folder_that_holds_a_clone_named_zoo(tmp_path):
+  """`python -c "import zoo"` run beside a clone named zoo: Python finds the
+  clone's top folder first; with no __init__.py there it would be an empty
+  namespace package ("module 'zoo' has no attribute 'list_models'"). The
+  repository's top-level __init__.py loads the real package instead."""
+  import shutil
+  import subprocess
+  import sys
+  repo = Path(__file__).resolve().parent.parent
+  clone = tmp_path / "zoo"  # a clone as `git clone .../zoo` names it
+  clone.mkdir()
+  (clone / "zoo").symlink_to(repo / "zoo")
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  env["JAX_PLATFORMS"] = "cpu"
+
+  def run(*flags):
+    return subprocess.run(
+        [sys.executable, *flags, "-c", "import zoo; print(getattr(zoo, "
+         "'__file__', None)); print(len(zoo.list_models()))"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+  bare = run("-S")  # no site-packages: only the clone can be found
+  assert bare.stdout.splitlines() == ["None"]  # a namespace package
+  assert "has no attribute 'list_models'" in bare.stderr
+  shutil.copy(repo / "__init__.py", clone / "__init__.py")
+  fixed = run()
+  assert fixed.returncode == 0, fixed.stderr[-2000:]
+  assert fixed.stdout.splitlines() == [str(clone / "zoo" / "__init__.py"),
+                                       str(len(zoo.list_models()))]

@@ -2,8 +2,10 @@
 the GCS JSON API on 127.0.0.1; orbax's tensorstore and etils.epath reach it
 as they reach GCS). `zoo train` and `zoo eval` as users run them: the same
 numbers as a local workdir, preemption and resume, an unfinished checkpoint
-skipped, and the lease that keeps two runs off one workdir."""
+skipped, read faults retried and never taken for damage, a damaged step moved
+aside, and the lease that keeps two runs off one workdir."""
 import json
+import logging
 import os
 import re
 import signal
@@ -268,3 +270,93 @@ def test_lease_seconds_from_the_environment_is_checked(monkeypatch):
     monkeypatch.setenv("ZOO_LEASE_SECONDS", bad)
     with pytest.raises(workdir_lib.WorkdirError, match="ZOO_LEASE_SECONDS"):
       workdir_lib.lease_seconds()
+
+
+# --- storage faults and damage on gs:// (runs in this process) ---------------
+
+# logreg, 1024 / 128 = 8 steps, a checkpoint every 4: steps 4 and 8.
+TINY = dict(epochs=1, batch_size=128, checkpoint_every=4, devices=1,
+            progress=False, **{"data.train_split": "train[:1024]",
+                               "data.test_split": "test[:128]",
+                               "train.loop": "python"})
+TINY_CLI = ["train", "logreg_fashion_mnist", "--epochs", "1", "--batch-size",
+            "128", "--checkpoint-every", "4", "--devices", "1",
+            "--no-progress", "--set", "data.train_split='train[:1024]'",
+            "--set", "data.test_split='test[:128]'",
+            "--set", "train.loop='python'"]
+
+
+def _train_tiny(uri: str):
+  from zoo.training import loop
+  return loop.train("logreg_fashion_mnist", workdir=uri, **TINY)
+
+
+def _files(path) -> dict[str, bytes]:
+  return {p[len(str(path)):]: _path(p).read_bytes() for p in _tree(path)
+          if not _path(p).is_dir()}
+
+
+@pytest.mark.parametrize("lasting", [False, True])
+def test_gs_read_errors_are_retried_then_one_line_changing_nothing(
+    gcs, monkeypatch, caplog, capsys, lasting):
+  """What gcsfs raises for a dropped connection (an OSError without an
+  errno) while orbax reads the newest step's meta: twice, and the run
+  resumes from that step; always, and `zoo train` stops with one line,
+  exit 2, every checkpoint where it was."""
+  from etils import epath
+  from zoo import cli
+  from zoo.training import checkpoint as ckpt_lib
+  uri = gcs.uri(f"flaky-{lasting}")
+  _train_tiny(uri)
+  before = _files(_path(uri) / "checkpoints")
+  real, calls = epath.gpath._GPath.open, []
+
+  def flaky(self, *args, **kwargs):
+    if "step_000000008/meta" in str(self) and (lasting or len(calls) < 2):
+      calls.append(str(self))
+      raise OSError("Cannot connect to host 127.0.0.1 (injected)")
+    return real(self, *args, **kwargs)
+  monkeypatch.setattr(epath.gpath._GPath, "open", flaky)
+  monkeypatch.setattr(ckpt_lib, "READ_RETRY_DELAYS", (0.0, 0.0))
+  if not lasting:
+    with caplog.at_level(logging.INFO, logger="zoo.train"):
+      _train_tiny(uri)
+    assert "resumed from step 8" in caplog.text and len(calls) == 2
+  else:
+    code = cli.main([*TINY_CLI, "--workdir", uri])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert (f"could not read checkpoint {uri}/checkpoints/step_000000008 "
+            "(meta): OSError: Cannot connect") in err
+    assert "Nothing was changed" in err and len(calls) == 3
+  monkeypatch.undo()
+  assert _files(_path(uri) / "checkpoints") == before
+
+
+def test_a_damaged_gs_checkpoint_is_moved_aside_and_the_run_resumes(
+    gcs, caplog):
+  uri = gcs.uri("damaged")
+  first = _train_tiny(uri)
+  ckdir = _path(uri) / "checkpoints"
+  state = {p: _path(p).read_bytes() for p in _tree(ckdir / "step_000000008")
+           if "/state/" in p and "/d/" in p and not _path(p).is_dir()}
+  biggest = max(state, key=lambda p: len(state[p]))
+  data = bytearray(state[biggest])
+  data[len(data) // 2] ^= 0xFF
+  _path(biggest).write_bytes(bytes(data))
+  damaged = _files(ckdir / "step_000000008")
+  with caplog.at_level(logging.WARNING, logger="zoo.checkpoint"):
+    again = _train_tiny(uri)
+  assert (f"moved the damaged checkpoint {uri}/checkpoints/step_000000008 "
+          "aside to damaged_step_000000008") in caplog.text
+  assert again.result["params_sha256"] == first.result["params_sha256"]
+  assert _steps(uri) == [4, 8]  # resumed from 4, step 8 written again
+  assert _files(ckdir / "damaged_step_000000008") == damaged  # kept whole
+  # Starting over moves everything aside (copies and deletes on GCS).
+  kept = _files(ckdir)
+  from zoo.training import loop
+  fresh = loop.train("logreg_fashion_mnist", workdir=uri, resume=False,
+                     **TINY)
+  assert fresh.result["params_sha256"] == first.result["params_sha256"]
+  assert _steps(uri) == [4, 8]
+  assert _files(_path(uri) / "previous_checkpoints") == kept

@@ -184,31 +184,39 @@ def test_rerun_of_a_finished_run_keeps_its_timings(tmp_path):
 
 def test_resume_false_starts_over(tmp_path, reference, caplog):
   _train(tmp_path, **{"train.seed": 1})
-  with caplog.at_level(logging.WARNING, logger="zoo.train"):
+  old = _snapshot(tmp_path / "checkpoints")
+  with caplog.at_level(logging.WARNING, logger="zoo.checkpoint"):
     out = _train(tmp_path, resume=False)
-  assert "removing the 3 checkpoint(s)" in caplog.text
+  assert "starting over: moved" in caplog.text
   assert out.result["params_sha256"] == reference.result["params_sha256"]
+  assert _snapshot(tmp_path / "previous_checkpoints") == old  # nothing lost
 
 
 # --- checkpoint discovery ---------------------------------------------------------
 
-def test_symlink_named_like_a_newer_checkpoint_is_ignored(tmp_path, reference,
-                                                         caplog):
-  """A link step_<huge> -> an old checkpoint: a re-run neither rolls back
-  nor deletes the real checkpoints, and zoo eval reads the real newest."""
+def test_symlink_named_like_a_newer_checkpoint_is_refused(tmp_path, capsys):
+  """A link step_<huge> -> an old checkpoint: a re-run neither follows it
+  nor rolls back and writes below it; one line, nothing changed. A file so
+  named is refused the same way."""
   _train(tmp_path)
   ckdir = tmp_path / "checkpoints"
   real = sorted(p.name for p in ckdir.iterdir())
   os.symlink(ckdir / real[0], ckdir / "step_999999999")
-  (ckdir / "step_999999998").write_text("not a checkpoint")
-  with caplog.at_level(logging.WARNING, logger="zoo.checkpoint"):
-    out = _train(tmp_path)
-  assert "not a checkpoint directory zoo wrote (a symbolic link)" in caplog.text
-  assert out.result["params_sha256"] == reference.result["params_sha256"]
-  assert out.result["steps"] == 96
-  assert sorted(p.name for p in ckdir.iterdir() if p.is_dir()
-                and not p.is_symlink()) == real
-  assert (ckdir / "step_999999999").is_symlink()  # not ours to delete
+  for name, says in (("step_999999999", "is a symbolic link named like a "
+                      "checkpoint: zoo neither follows nor replaces it. "
+                      "Replace it by a copy"),
+                     ("step_999999998", "is a file, named like a checkpoint "
+                      "newer than step 96")):
+    if name == "step_999999998":
+      (ckdir / "step_999999999").unlink()
+      (ckdir / name).write_text("not a checkpoint")
+    before = _snapshot(tmp_path)
+    code = cli.main(["train", *CLI_ARGS, "--workdir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{name} {says}" in err
+    assert _snapshot(tmp_path) == before
+  assert sorted(p.name for p in ckdir.iterdir()) == [*real, "step_999999998"]
 
 
 def test_zoo_eval_ignores_a_symlinked_checkpoint(tmp_path, reference, capsys):

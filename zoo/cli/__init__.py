@@ -71,8 +71,12 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
   """The parser of every subcommand (each module's `add` registers its own)."""
   from zoo.cli import baselines, evaluate, export, info, listing, train
+  import zoo
   parser = _Parser(
       prog="zoo", description="A model zoo for JAX built on Haiku.")
+  # The running code's own version (setup.cfg reads the same attribute).
+  parser.add_argument("--version", action="version",
+                      version=f"zoo {zoo.__version__}")
   sub = parser.add_subparsers(dest="command", required=True)
   for command in (listing, info, train, evaluate, baselines, export):
     command.add(sub)

@@ -14,9 +14,12 @@ def add(sub) -> None:
                      "seeds) and record them in zoo/baselines.json")
   p.add_argument("pattern", nargs="?", default="*",
                  help="fnmatch pattern of models, e.g. '*fashion*'")
-  p.add_argument("--seeds", type=int, default=3)
-  p.add_argument("--data-dir", default=None)
-  p.add_argument("--runs-dir", default="runs/baselines")
+  p.add_argument("--seeds", type=int, default=3,
+                 help="training runs per model, seeds 0..N-1 (default 3)")
+  p.add_argument("--data-dir", default=None,
+                 help="TFDS data dir or folder with IDX files (as zoo train)")
+  p.add_argument("--runs-dir", default="runs/baselines",
+                 help="where the runs are kept (default %(default)s)")
   p.add_argument("--readme", type=Path, default=None, metavar="README.md",
                  help="rewrite the table between this file's baseline "
                       "markers (e.g. the repository's README.md)")

@@ -7,6 +7,11 @@ import argparse
 from zoo import config as config_lib
 
 
+def plural(n, noun: str) -> str:
+  """ "1 epoch", "2 epochs" (messages count things)."""
+  return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def parse_sets(items) -> dict:
   """`--set key=value` items as dotted-key overrides (values as TOML)."""
   out = {}
@@ -67,11 +72,12 @@ WEIGHTS_HELP = ("'pretrained' (the shipped weights), a .npz weights file, or a "
 
 
 def entry_and_weights(name: str, weights, workdir, command: str):
-  """(entry, params, model_state) named by `zoo eval|export`'s --weights
-  and --workdir: the shipped weights ("pretrained"), a weights file or
-  checkpoint directory, or the newest good checkpoint of a run; a run's own
-  resolved config (model overrides included) builds its entry, also when
-  --weights names a file to evaluate with it."""
+  """(entry, params, model_state, source) named by `zoo eval|export`'s
+  --weights and --workdir: the shipped weights ("pretrained"), a weights file
+  or checkpoint directory, or the newest good checkpoint of a run; a run's
+  own resolved config (model overrides included) builds its entry, also when
+  --weights names a file to evaluate with it. `source` says which weights:
+  {"weights": "pretrained" or a path, "step": N for a checkpoint}."""
   from zoo import registry
   from zoo.training import run_weights
   if weights == "pretrained":
@@ -80,16 +86,26 @@ def entry_and_weights(name: str, weights, workdir, command: str):
           f"--weights pretrained takes the registered config of {name!r}, "
           "not a run's: drop --workdir (zoo eval writes to --out).")
     entry = registry.get(name, pretrained=True)
-    return entry, entry.params, entry.model_state
+    return entry, entry.params, entry.model_state, {"weights": "pretrained"}
   entry = registry.get(name)
-  params = model_state = None
+  params = model_state = source = None
   if workdir:
     check_workdir(workdir)
-    entry, params, model_state = run_weights.load_run(
+    entry, params, model_state, weights_dir = run_weights.load_run(
         workdir, entry_for_run(entry, workdir, command))
+    source = {"weights": str(weights_dir), "step": _step(weights_dir)}
   if weights:
     params, model_state = load_weights(entry, weights)
-  return entry, params, model_state
+    source = {"weights": str(weights)}
+    if run_weights.is_checkpoint_dir(weights):
+      source["step"] = _step(weights)
+  return entry, params, model_state, source
+
+
+def _step(checkpoint_dir) -> int:
+  """N of a checkpoint directory DIR/checkpoints/step_N."""
+  from zoo.training.workdir import as_path
+  return int(as_path(checkpoint_dir).name[5:])
 
 
 def load_weights(entry, path):

@@ -1,7 +1,8 @@
 """`zoo eval NAME (--workdir DIR | --weights pretrained|FILE|DIR) [--out DIR]`: evaluate
 saved parameters on the test split (or --split), print the metrics as JSON
 and write them, with two pictures, into --out: eval.json (the printed
-metrics plus "confusion", rows true class and columns predicted, and
+metrics, with "weights", the path evaluated or "pretrained", and "step" for
+a checkpoint, plus "confusion", rows true class and columns predicted, and
 "mistakes", the most confident wrong predictions),
 eval_confusion.png and eval_mistakes.png."""
 from __future__ import annotations
@@ -40,12 +41,13 @@ def run(args: argparse.Namespace) -> int:
         "zoo eval needs --workdir DIR (a zoo train run) or --weights "
         "pretrained|FILE|DIR (the shipped weights, a .npz weights file or a "
         "checkpoint directory).")
-  entry, params, model_state = entry_and_weights(args.name, args.weights,
-                                                 args.workdir, "eval")
+  entry, params, model_state, source = entry_and_weights(
+      args.name, args.weights, args.workdir, "eval")
   res = evaluate_model(entry, params, model_state, data_dir=args.data_dir,
                        split=args.split, top_mistakes=max(args.mistakes, 1))
   res["mistakes"] = res["mistakes"][:max(args.mistakes, 0)]
   res["split"] = args.split or entry.config["data"]["test_split"]
+  res.update(source)  # which weights: "pretrained", a file, or step N's
   import jax
   if jax.process_index() == 0:
     res["files"] = write_outputs(entry, res, args.out or args.workdir or ".",

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
   export_lib.check_out(Path(args.out), args.format, args.force)
   if args.format == "savedmodel":
     export_lib.import_tf()  # before any weights are read
-  entry, params, model_state = entry_and_weights(
+  entry, params, model_state, _ = entry_and_weights(
       args.name, args.weights, args.workdir, "export")
   path = export_lib.export(entry, params, model_state, args.out, args.format,
                            platforms=platforms, overwrite=args.force)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from zoo.cli.common import plural
+
 
 def add(sub) -> None:
   p = sub.add_parser("info", help="layers, parameters, config and baseline")
-  p.add_argument("name")
+  p.add_argument("name", help="registered model (see `zoo list`)")
   p.add_argument("--card", action="store_true",
                  help="print only the weights card (JSON) of the shipped "
                       "pretrained weights")
@@ -104,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
   if b:
     print(f"  baseline    {100 * b['test_accuracy_mean']:.2f}% ± "
           f"{100 * b['test_accuracy_std']:.2f} test accuracy over "
-          f"{b['seeds']} seeds, {b['epochs']} epochs, on {b['devices']}x "
+          f"{plural(b['seeds'], 'seed')}, {plural(b['epochs'], 'epoch')}, "
+          f"on {b['devices']}x "
           f"{b['device_kind']} ({b.get('date', '')}); reproduce: "
           f"{b['command']}")
     if b.get("pretrained"):

@@ -6,15 +6,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from zoo.cli.common import add_common, parse_sets
+from zoo.cli.common import add_common, parse_sets, plural
 from zoo.errors import ConfigValueError
-from zoo.training import distributed, peers
+from zoo.training import distributed
 
 
 def add(sub) -> None:
   p = sub.add_parser("train", help="train a model (resumes in --workdir)")
   add_common(p)
-  p.add_argument("--epochs", type=int)
+  p.add_argument("--epochs", type=int,
+                 help="passes over the training split (default: the config's)")
   p.add_argument("--steps", type=int,
                  help="optimizer steps in all, instead of --epochs")
   p.add_argument("--eval-every", type=int, metavar="STEPS",
@@ -23,7 +24,9 @@ def add(sub) -> None:
                  help="evaluate a moving average of the parameters, e.g. "
                  "0.999")
   p.add_argument("--batch-size", type=int, help="global batch size")
-  p.add_argument("--seed", type=int)
+  p.add_argument("--seed", type=int,
+                 help="seeds initialisation, shuffling and dropout (default: "
+                      "the config's)")
   p.add_argument("--devices", type=int, default=None,
                  help="use the first N local devices (default: all)")
   p.add_argument("--strategy", default="auto",
@@ -45,16 +48,22 @@ def add(sub) -> None:
                  help="config override, e.g. optimizer.learning_rate=3e-4")
   p.add_argument("--coordinator-address", help="multi-host: host:port of "
                  "process 0 (as in jax.distributed.initialize)")
-  p.add_argument("--num-processes", type=int)
-  p.add_argument("--process-id", type=int)
+  p.add_argument("--num-processes", type=int,
+                 help="multi-host: how many processes the job has")
+  p.add_argument("--process-id", type=int,
+                 help="multi-host: this process's index, 0..N-1 (0 is the "
+                      "coordinator)")
   p.add_argument("--init-timeout", type=float, metavar="SECONDS",
                  default=distributed.DEFAULT_INIT_TIMEOUT_S,
                  help="multi-host: how long to wait for every process to "
                       "join (default %(default)g)")
-  p.add_argument("--peer-timeout", type=float, metavar="SECONDS",
-                 default=distributed.DEFAULT_PEER_TIMEOUT_S,
-                 help="multi-host: a process silent this long is lost; the "
-                      "others exit with status 75 (default %(default)g)")
+  p.add_argument("--heartbeat-timeout", type=float, metavar="SECONDS",
+                 default=distributed.DEFAULT_HEARTBEAT_TIMEOUT_S,
+                 help="multi-host: JAX ends the other processes once one "
+                      "has been silent this long (default %(default)g)")
+  p.add_argument("--fresh", action="store_true",
+                 help="start over: move the existing checkpoints aside "
+                      "instead of resuming")
   p.add_argument("--no-progress", action="store_true",
                  help="a line per epoch instead of a progress bar (the "
                       "default when not a terminal)")
@@ -73,13 +82,17 @@ _FLAG_KEYS = {"epochs": "train.epochs", "batch_size": "train.batch_size",
 def _check_train_args(args: argparse.Namespace) -> dict:
   """The config overrides of `zoo train`'s flags, after checking every flag
   that is not a config key; raises a ZooError before any device work."""
+  if args.steps is not None and args.steps < 1:
+    raise ConfigValueError("--steps (train.steps)", args.steps, "an int >= 1",
+                           "optimizer steps in all; leave it out to train "
+                           "for --epochs")
   if args.devices is not None and args.devices < 1:
     raise ConfigValueError("--devices", args.devices, "an int >= 1",
                            "the number of local devices to use; leave it out "
                            "to use them all")
   distributed.check_flags(args.coordinator_address, args.num_processes,
                           args.process_id, args.init_timeout,
-                          args.peer_timeout)
+                          args.heartbeat_timeout)
   overrides = parse_sets(args.set)
   for attr, key in _FLAG_KEYS.items():
     if getattr(args, attr) is not None:
@@ -135,9 +148,8 @@ def run(args: argparse.Namespace) -> int:
   entry, own_data = _own_data(entry, args)
   distributed.initialize(args.coordinator_address, args.num_processes,
                          args.process_id, timeout=args.init_timeout,
-                         peer_timeout=args.peer_timeout)
-  # With several processes, a lost one ends this one (peers.LOST_EXIT_CODE).
-  with peers.watching(args.peer_timeout):
+                         heartbeat_timeout=args.heartbeat_timeout)
+  with distributed.stop_alone_on_error():
     from zoo.training.loop import PREEMPTED_EXIT_CODE, Preempted, train
     # A bar on a terminal; otherwise (batch jobs, pipes) a line per epoch as
     # it ends.
@@ -146,16 +158,17 @@ def run(args: argparse.Namespace) -> int:
     try:
       out = train(entry, workdir=args.workdir, data_dir=args.data_dir,
                   strategy=args.strategy, devices=args.devices,
-                  progress=progress, **own_data)
+                  progress=progress, resume=not args.fresh, **own_data)
     except Preempted as e:
-      print(f"zoo: preempted: {e}", file=sys.stderr)
-      return PREEMPTED_EXIT_CODE
+      how = "preempted" if e.exit_code == PREEMPTED_EXIT_CODE else "interrupted"
+      print(f"zoo: {how}: {e}", file=sys.stderr)
+      return e.exit_code
   r = out.result
   ips = r["train_images_per_second"]
   print(f"{r['model']}: test accuracy {100 * r['test_accuracy']:.2f}% "
         f"(loss {r['test_loss']:.4f}) after "
-        + (f"{r['steps']} steps, " if r["config"]["train"]["steps"]
-           else f"{r['epochs']} epochs, ")
+        + (plural(r["steps"], "step") if r["config"]["train"]["steps"]
+           else plural(r["epochs"], "epoch")) + ", "
         + f"{r['wall_seconds']:.1f} s wall, "
         + (f"{ips:,.0f} train images/s, " if ips else "")
         + f"{r['devices']} device(s) x {r['processes']} process(es) "

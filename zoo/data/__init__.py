@@ -11,7 +11,6 @@ from zoo.data.batching import (epoch_indices, epoch_permutation, gather,
 from zoo.data.errors import (CacheWarning, CorruptDataError, DataNotFoundError,
                              SplitError, UnknownDatasetError)
 from zoo.data.sources import Split, clear_memory_cache, load
-from zoo.data.tfds_local import prepare_tfds_from_idx
 
 __all__ = [
     "CacheWarning", "CorruptDataError", "DataNotFoundError",
@@ -20,3 +19,12 @@ __all__ = [
     "gather", "job_devices", "load", "pad_batches", "prepare_tfds_from_idx",
     "put_sharded", "shard_batches", "to_float",
 ]
+
+
+def __getattr__(name: str):
+  """`prepare_tfds_from_idx`, imported on use: `python -m zoo.data.tfds_local`
+  runs that module as __main__, so importing the package must not load it."""
+  if name == "prepare_tfds_from_idx":
+    from zoo.data.tfds_local import prepare_tfds_from_idx
+    return prepare_tfds_from_idx
+  raise AttributeError(f"module 'zoo.data' has no attribute {name!r}")

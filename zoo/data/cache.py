@@ -170,8 +170,8 @@ def _read_npy(path: str, rec: Mapping) -> np.ndarray:
   else:
     raise ValueError(f"unsupported .npy version {version}")
   if dtype.hasobject or fortran:
-    raise ValueError(f"holds a {dtype} (fortran={fortran}) array; only plain "
-                     "C-ordered arrays are cached (never unpickled)")
+    raise ValueError(f"holds an array of dtype {dtype} (fortran={fortran}); "
+                     "only plain C-ordered arrays are cached (never unpickled)")
   if dtype.str != rec["dtype"] or list(shape) != list(rec["shape"]):
     raise ValueError(f"holds {dtype.str} {shape}, its record says "
                      f"{rec['dtype']} {tuple(rec['shape'])}")

@@ -31,6 +31,7 @@ class DatasetInfo:
   # sha256 of the DEcompressed IDX files, checked on first decode.
   idx_sha256: dict[str, str] = dataclasses.field(default_factory=dict)
   apt_package: str | None = None
+  title: str = ""  # how messages name it, e.g. "Fashion-MNIST"
 
   @property
   def num_classes(self) -> int:
@@ -40,6 +41,7 @@ class DatasetInfo:
 DATASETS: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo(
         name="mnist",
+        title="MNIST",
         image_shape=(28, 28, 1),
         class_names=tuple(str(i) for i in range(10)),
         num_examples={"train": 60000, "test": 10000},
@@ -49,6 +51,7 @@ DATASETS: dict[str, DatasetInfo] = {
     ),
     "fashion_mnist": DatasetInfo(
         name="fashion_mnist",
+        title="Fashion-MNIST",
         image_shape=(28, 28, 1),
         class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
@@ -70,12 +73,14 @@ DATASETS: dict[str, DatasetInfo] = {
     ),
     "kmnist": DatasetInfo(
         name="kmnist",
+        title="KMNIST",
         image_shape=(28, 28, 1),
         class_names=("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
         num_examples={"train": 60000, "test": 10000},
     ),
     "cifar10": DatasetInfo(
         name="cifar10",
+        title="CIFAR-10",
         image_shape=(32, 32, 3),
         class_names=("airplane", "automobile", "bird", "cat", "deer", "dog",
                      "frog", "horse", "ship", "truck"),

@@ -41,17 +41,20 @@ class CorruptDataError(ZooError, ValueError):
 class DataNotFoundError(ZooError, FileNotFoundError):
   """No usable copy of a dataset was found anywhere we looked.
 
-  The message (one line) names the dataset, every place looked (with why it
-  was rejected) and how to get the data; `.tried` and `.hints` hold the parts.
+  One line, the fix first: "Fashion-MNIST not found: <hints, or ...>; looked
+  in: <tried>". `.hints` are ways to get it, likeliest first; `.tried` the
+  places looked, paths with a short note only where one helps.
   """
 
   def __init__(self, dataset: str, tried: Sequence[str], hints: Sequence[str]):
     self.dataset = dataset
     self.tried = tuple(tried)
     self.hints = tuple(hints)
-    message = (f"Dataset {dataset!r} was not found. Places looked: "
-               + "; ".join(one_line(p) for p in self.tried)
-               + ". How to get it: " + "; ".join(one_line(h) for h in self.hints))
+    from zoo.data import catalog  # it imports this module
+    info = catalog.DATASETS.get(dataset)
+    message = (f"{info.title if info and info.title else dataset} not found: "
+               + ", or ".join(one_line(h) for h in self.hints)
+               + "; looked in: " + ", ".join(one_line(p) for p in self.tried))
     super().__init__(message)
 
   def __str__(self) -> str:  # FileNotFoundError would add "[Errno ...]" noise.

@@ -271,8 +271,8 @@ def _decode_idx(info, source: _Source, split: str):
     raise CorruptDataError(e.path, e.problem, _fix(info, source, e.path)) from e
   except FileNotFoundError as e:  # Vanished since _find looked.
     raise DataNotFoundError(
-        info.name, [f"IDX folder {directory}: {e.filename} disappeared while "
-                    "it was being read"], _hints(info, tfds_source.data_dir())) from e
+        info.name, [f"{directory} ({e.filename} disappeared while it was "
+                    "being read)"], _hints(info, None)) from e
   expected = info.num_examples[split]
   if images.shape[0] != expected:
     raise CorruptDataError(image_path, f"holds {images.shape[0]} examples, "
@@ -317,9 +317,10 @@ def _idx_dirs(info, data_dir, system_dirs) -> list[str]:
 
 
 def _missing_reason(directory: str, stems: Sequence[str]) -> str | None:
-  """Why `directory` cannot provide the IDX files `stems`, or None if it can."""
+  """Why `directory` cannot provide the IDX files `stems`, or None if it can;
+  "" if it does not exist or holds none of them (nothing worth saying)."""
   if not os.path.isdir(directory):
-    return "does not exist"
+    return ""
   missing, unusable = [], []
   for stem in stems:
     if os.path.isfile(_idx_file(directory, stem)):
@@ -329,6 +330,8 @@ def _missing_reason(directory: str, stems: Sequence[str]) -> str | None:
       unusable.append(stem)  # a folder, a broken link, a link loop, ...
     else:
       missing.append(stem)
+  if len(missing) == len(stems):
+    return ""
   parts = []
   if missing:
     parts.append("missing " + ", ".join(f"{s}[.gz]" for s in missing))
@@ -350,10 +353,8 @@ def _check_data_dir(info, data_dir) -> str:
   else:
     problem = "does not exist"
   raise DataNotFoundError(
-      info.name, [f"data_dir (--data-dir) {path}: {problem}"],
-      [f"check the path given as --data-dir / data_dir ({path})",
-       "or leave it out to search TFDS_DATA_DIR, ZOO_DATA_DIR and the "
-       "system folders"])
+      info.name, [f"{path} ({problem})"],
+      [f"check --data-dir (data_dir) {path}", _LEAVE_OUT])
 
 
 def _find(info, bases, data_dir, download, system_dirs) -> _Source:
@@ -369,11 +370,10 @@ def _find(info, bases, data_dir, download, system_dirs) -> _Source:
   if tfds_source.prepared_files(info.name, root):
     if have_tfds:
       return _Source("tfds", root)
-    tried.append(f"TFDS data dir {os.path.join(root, info.name)}: prepared, "
-                 f"but not readable without {_NO_TFDS}")
+    tried.append(f"{os.path.join(root, info.name)} (prepared by TFDS: reading "
+                 "it needs pip install 'zoo[tfds]')")
   else:
-    tried.append(f"TFDS data dir {os.path.join(root, info.name)}: "
-                 "no prepared version (no <version>/dataset_info.json)")
+    tried.append(os.path.join(root, info.name))
 
   if info.idx:
     needed = [stem for b in bases for stem in catalog.IDX_FILES[b]]
@@ -381,58 +381,38 @@ def _find(info, bases, data_dir, download, system_dirs) -> _Source:
       reason = _missing_reason(directory, needed)
       if reason is None:
         return _Source("idx", directory)
-      tried.append(f"IDX folder {directory}: {reason}")
-  else:
-    tried.append(f"IDX files: not used for {info.name} (TFDS only)")
-  if data_dir:
-    tried.append("TFDS_DATA_DIR, ZOO_DATA_DIR and system folders: not searched "
-                 f"(data_dir {data_dir} was given explicitly)")
+      tried.append(f"{directory} ({reason})" if reason else directory)
 
   if download and not have_tfds:
-    tried.append(f"TFDS download_and_prepare into {root}: skipped, needs "
-                 f"{_NO_TFDS}")
+    how = "pip install 'zoo[tfds]' to download it"
   elif download:
     try:
       offline = tfds_source.network_problem(info.name)
-      if offline:
-        tried.append(f"TFDS download_and_prepare into {root}: skipped, {offline}")
-      else:
+      if not offline:
         tfds_source.download_and_prepare(info.name, root)
         return _Source("tfds", root)
+      how = f"connect to the network to download it ({offline})"
     except Exception as e:  # pylint: disable=broad-except  (offline, DNS, ...)
-      reason = (str(e).strip().splitlines() or [""])[0][:300]
-      tried.append(f"TFDS download_and_prepare into {root}: failed "
-                   f"({type(e).__name__}: {reason})")
+      reason = (str(e).strip().splitlines() or [""])[0][:200]
+      how = f"retry the download into {root} ({type(e).__name__}: {reason})"
   else:
-    tried.append(f"TFDS download_and_prepare into {root}: skipped (download=False)")
-  hints = _hints(info, root)
-  if data_dir:
-    hints.append("or leave out --data-dir to search TFDS_DATA_DIR, "
-                 "ZOO_DATA_DIR and the system folders")
-  raise DataNotFoundError(info.name, tried, hints)
+    how = "load with download=True to download it"
+  raise DataNotFoundError(info.name, list(dict.fromkeys(tried)),
+                          _hints(info, data_dir, how))
 
 
-_NO_TFDS = ("tensorflow-datasets, which zoo's core install leaves out "
-            "(pip install 'zoo[tfds]')")
+_LEAVE_OUT = ("leave out --data-dir to search TFDS_DATA_DIR, ZOO_DATA_DIR and "
+              "the system folders")
 
 
-def _hints(info, root: str) -> list[str]:
-  name = info.name
-  hints = [
-      f"with network access, load again (download=True, the default): TFDS "
-      f"downloads and prepares it into {root}"
-      + ("" if tfds_source.available() else
-         " (after pip install 'zoo[tfds]')"),
-      "point --data-dir or TFDS_DATA_DIR at a TFDS data dir where it is "
-      "prepared (<dir>/" + name + "/<version>/)",
-  ]
-  if info.idx:
-    files = ", ".join(f"{s}[.gz]" for pair in catalog.IDX_FILES.values()
-                      for s in pair)
-    hints.append(f"or point --data-dir or ZOO_DATA_DIR at a folder holding the "
-                 f"IDX files ({files}), directly or in a '{info.dir_names[0]}' "
-                 "subfolder")
-  if info.apt_package:
-    hints.append(f"on Debian/Ubuntu: sudo apt-get install {info.apt_package} "
-                 f"(installs the IDX files into {info.system_dirs[0]})")
-  return hints
+def _hints(info, data_dir, download: str = "") -> list[str]:
+  """Ways to get `info`'s data, likeliest first; `download`: how TFDS could
+  download it (and why it did not)."""
+  files = "the four IDX files" if info.idx else "a TFDS-prepared copy"
+  local = (f"put {files} in --data-dir {data_dir}" if data_dir
+           else f"pass --data-dir DIR holding {files}")
+  hints = [f"sudo apt-get install {info.apt_package}"] if (
+      info.apt_package and not data_dir) else []
+  hints += [h for h in ((local, download) if info.idx else (download, local))
+            if h]
+  return hints + ([_LEAVE_OUT] if data_dir else [])

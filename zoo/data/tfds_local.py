@@ -32,6 +32,7 @@ UPSTREAM_GZIP_MTIME = {
     },
 }
 _FNAME = 0x08  # gzip header flag: an original file name follows.
+_SOURCE_HINT = "pass --source-dir DIR holding the four upstream .gz files"
 
 
 def restore_gzip_header(src: str, dst: str, name: str, mtime: int) -> None:
@@ -64,18 +65,20 @@ def _find_source_dir(info) -> str:
     if all(os.path.isfile(os.path.join(d, s + ".gz")) for s in stems):
       return d
   raise DataNotFoundError(
-      info.name, [f"IDX folder {d}: missing .gz files" for d in info.system_dirs],
-      [f"sudo apt-get install {info.apt_package}" if info.apt_package else
-       "pass source_dir= a folder with the upstream .gz files"])
+      info.name, info.system_dirs,
+      ([f"sudo apt-get install {info.apt_package}"] if info.apt_package
+       else []) + [_SOURCE_HINT])
 
 
 def prepare_tfds_from_idx(dataset: str = "fashion_mnist",
                           data_dir: str | os.PathLike | None = None,
-                          source_dir: str | os.PathLike | None = None) -> str:
+                          source_dir: str | os.PathLike | None = None, *,
+                          progress: bool = True) -> str:
   """Prepares `dataset` in the TFDS data dir from local .gz IDX files, offline.
 
   data_dir: TFDS data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets).
   source_dir: folder with the four .gz files (default: the Debian package's).
+  progress: False turns TFDS's progress bars off (for logs, not terminals).
   Returns the prepared version folder. Afterwards `load(dataset, ...)` and
   `tfds.load(dataset, data_dir=...)` read it like any prepared dataset.
   """
@@ -88,12 +91,14 @@ def prepare_tfds_from_idx(dataset: str = "fashion_mnist",
              if not os.path.isfile(os.path.join(source_dir, s + ".gz"))]
   if missing:
     raise DataNotFoundError(
-        dataset, [f"source_dir {source_dir}: missing {', '.join(missing)}"],
-        ["pass --source-dir a folder holding the four upstream .gz files"
-         + (f" (sudo apt-get install {info.apt_package} installs them into "
-            f"{info.system_dirs[0]})" if info.apt_package else "")])
+        dataset, [f"{source_dir} (missing {', '.join(missing)})"],
+        [_SOURCE_HINT] + ([f"sudo apt-get install {info.apt_package} (into "
+                           f"{info.system_dirs[0]})"] if info.apt_package
+                          else []))
   root = tfds_source.data_dir(data_dir)
   tfds = tfds_source.import_tfds()
+  if not progress:
+    tfds.disable_progress_bar()
   builder = tfds.builder(dataset, data_dir=root)
   with tempfile.TemporaryDirectory(prefix="zoo-tfds-") as tmp:
     manual = os.path.join(tmp, "manual")
@@ -123,7 +128,8 @@ def main(argv=None) -> None:
   parser.add_argument("--source-dir", default=None, help="folder with the .gz files")
   args = parser.parse_args(argv)
   try:
-    print(prepare_tfds_from_idx(args.dataset, args.data_dir, args.source_dir))
+    print(prepare_tfds_from_idx(args.dataset, args.data_dir, args.source_dir,
+                                progress=sys.stderr.isatty()))
   except ZooError as e:  # One line, like the zoo CLI.
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -21,9 +21,11 @@ from zoo.data.errors import CorruptDataError
 from zoo.errors import installed, require
 
 
-def import_tfds():
-  """Imports tensorflow_datasets (which does not import TensorFlow by itself),
-  or raises MissingExtraError naming zoo[tfds] when it is not installed.
+def import_tfds(tensorflow: bool = True):
+  """Imports tensorflow_datasets and (unless `tensorflow` is False: TFDS's
+  metadata needs none) the TensorFlow it reads with, quiet and off the GPUs
+  (zoo.tfimport); raises MissingExtraError naming zoo[tfds] when either is
+  not installed.
 
   TFDS 4.9.10 uses the `importlib_resources` backport unconditionally but only
   declares it for Python < 3.9 (tensorflow/datasets#11212), so without it
@@ -34,8 +36,12 @@ def import_tfds():
     import importlib_resources  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
     sys.modules.setdefault("importlib_resources", importlib.resources)
-  return require("tensorflow_datasets", "reading or preparing TFDS datasets",
-                 "tfds", "tensorflow-datasets")
+  what = "reading or preparing TFDS datasets"
+  tfds = require("tensorflow_datasets", what, "tfds", "tensorflow-datasets")
+  if tensorflow:
+    from zoo import tfimport  # TFDS would import TF later, noisily
+    tfimport.import_tf(what, "tfds")
+  return tfds
 
 
 def available() -> bool:
@@ -128,7 +134,7 @@ def network_problem(name: str, timeout: float = 5.0) -> str | None:
   TFDS retries a failed download 10 times with backoff (~3.5 minutes offline),
   so probe the hosts first: one TCP connect each, `timeout` seconds at most.
   """
-  tfds = import_tfds()
+  tfds = import_tfds(tensorflow=False)
   urls = list((tfds.builder_cls(name).url_infos or {}).keys())
   hosts = sorted({(u.hostname, u.port or (443 if u.scheme == "https" else 80))
                   for u in map(urllib.parse.urlparse, urls) if u.hostname})
@@ -143,7 +149,7 @@ def network_problem(name: str, timeout: float = 5.0) -> str | None:
         try:
           future.result()
         except OSError as e:
-          return f"cannot reach {futures[future]} ({type(e).__name__}: {e})"
+          return f"cannot reach {futures[future]} ({type(e).__name__})"
     except concurrent.futures.TimeoutError:
       return f"no answer from {', '.join(h for h, _ in hosts)} in {timeout:g} s"
     finally:

@@ -11,16 +11,22 @@ part and the library deciding who writes, so a crash never leaves a
 half-written checkpoint visible (on gs:// it writes in place and commits
 with a `commit_success.txt`, which zoo also requires); it keeps the newest K.
 On top, zoo:
-- trusts only real directories that orbax committed with zoo's integrity
-  item: a symlink, a file or a foreign directory named like a step is
-  ignored with a warning, never followed or deleted;
 - checks a checkpoint's stored shapes and dtypes against the model before
   reading any data, then the data against the integrity record (orbax does
-  not checksum data), and skips a damaged checkpoint for the previous one;
-- never writes below a newer checkpoint it has not found damaged.
-Checkpoints of zoo before orbax (`arrays.npz` + `meta.json`) are refused
-for resuming with a message; their weights still load (`zoo eval --weights
-DIR/checkpoints/step_N/arrays.npz`).
+  not checksum data);
+- moves a checkpoint that fails those checks (or that orbax cannot
+  decode) twice, a delay apart, aside to `damaged_step_<N>` (a name orbax
+  ignores) with a warning, and resumes from the one before; it deletes
+  nothing but what orbax prunes;
+- retries a read that fails with an I/O error (READ_RETRY_DELAYS), then
+  stops with one line, changing nothing: a storage fault never sends a run
+  back to an older step;
+- refuses a symlink named like a step, and a file or foreign directory so
+  named that is newer than the step resumed from; never writes below a
+  newer step.
+Saves are synchronous: orbax's background save, measured, reports a write
+fault (a file over the size limit) in some runs as `RuntimeError: Event
+loop is closed`, losing the cause that zoo's one-line error must name.
 
 A zoo checkpoint restores with orbax alone, as nested dicts of numpy arrays
 (params, model_state, opt_state, step, rng, nonfinite_step, skipped):
@@ -37,8 +43,10 @@ import hashlib
 import json
 import logging
 import os
+import re
 import resource
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,30 +55,35 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from zoo.errors import ZooError
-from zoo.training.workdir import as_path, is_link, rmtree
+from zoo.training.workdir import (WorkdirError, as_path, fs_errors, is_link,
+                                  move_tree, remote_errors)
 # The .npz reading and writing live in zoo.npz; re-exported here.
 from zoo.npz import (CheckpointError, flatten, read_npz, specs,  # noqa: F401
                      unflatten, write_npz)
 
 log = logging.getLogger("zoo.checkpoint")
 
-def _sha256(path: Path) -> str:
-  h = hashlib.sha256()
-  with path.open("rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
-
-
-class LegacyCheckpointError(ZooError):
-  """The newest checkpoint was written by zoo before it used orbax."""
-
-
 STATE, META_ITEM, INTEGRITY = "state", "meta", "integrity"
 _VERIFY_MAX_BYTES = 4 << 30
 FORMAT = "zoo-orbax-1"
-# What older zoo versions wrote into a step directory.
-LEGACY_ARRAYS, LEGACY_META, LEGACY_DIGESTS = "arrays.npz", "meta.json", "sha256.json"
+# Where zoo moves damaged checkpoints (a name orbax's steps never match), and
+# the checkpoints of a run that started over (next to the directory).
+DAMAGED, PREVIOUS = "damaged_", "previous_"
+# Seconds before each retry of a read that failed with an I/O error.
+READ_RETRY_DELAYS = (0.5, 1.0)
+# Tensorstore's errors are ValueErrors "STATUS: ..."; these are I/O faults.
+_IO_STATUS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "CANCELLED",
+              "RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "UNAUTHENTICATED")
+_MISSING = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR)  # damage, not I/O
+# Storage clients whose own exceptions are network faults.
+_CLIENTS = ("aiohttp", "gcsfs", "google.auth", "google.api_core", "requests",
+            "urllib3")
+_LINK = "a symbolic link"
+
+
+class UnreadableCheckpointError(WorkdirError):
+  """A checkpoint could not be read for an I/O error that outlasted the
+  retries; nothing was changed."""
 
 
 def plain_paths(tree) -> dict[tuple, Any]:
@@ -111,8 +124,58 @@ def meta_digest(meta: dict[str, Any]) -> str:
 
 
 def _first_line(e: BaseException) -> str:
+  """The exception in one line of at most ~300 characters: without the
+  request tensorstore appends, and keeping a long message's end, where
+  tensorstore puts the cause."""
   text = (str(e).strip().splitlines() or [""])[0]
-  return f"{type(e).__name__}: {text[:300]}"
+  text = text.split(" [tensorstore_spec")[0]
+  if len(text) > 300:
+    text = f"{text[:60]} ... {text[-230:]}"
+  return f"{type(e).__name__}: {text}"
+
+
+def _is_io_error(e: BaseException) -> bool:
+  """An I/O fault, worth a retry, rather than data that cannot be decoded:
+  an OSError other than a missing file, a storage client's network error,
+  or a tensorstore error with an I/O status or an OS error other than ENOENT
+  (measured: a failed local read is `UNKNOWN: ... [os_error_code='40']`, an
+  unreachable GCS `ABORTED: All N retry attempts failed: CURL error ...`)."""
+  if isinstance(e, OSError):
+    return e.errno not in _MISSING and not isinstance(
+        e, (FileNotFoundError, NotADirectoryError, IsADirectoryError))
+  if any(c.__module__.startswith(_CLIENTS) for c in type(e).__mro__):
+    return True
+  text = str(e)
+  os_error = re.search(r"\[os_error_code='(\d+)'\]", text)
+  if os_error:
+    return int(os_error.group(1)) not in _MISSING
+  return isinstance(e, ValueError) and (text.startswith(_IO_STATUS)
+                                        or "[curl_code=" in text)
+
+
+def _read(what: str, fn):
+  """fn(), retried after an I/O error (READ_RETRY_DELAYS); one that lasts
+  raises UnreadableCheckpointError, data orbax cannot decode (a ValueError,
+  KeyError, TypeError or missing file) CheckpointError naming `what`."""
+  for delay in (*READ_RETRY_DELAYS, None):
+    try:
+      return fn()
+    except ZooError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (classified here)
+      if not _is_io_error(e):
+        if isinstance(e, (ValueError, KeyError, TypeError, OSError)):
+          raise CheckpointError(f"{what} cannot be decoded ({_first_line(e)})"
+                                ) from None
+        raise
+      if delay is None:
+        raise UnreadableCheckpointError(
+            f"could not read {what}: {_first_line(e)} (tried "
+            f"{len(READ_RETRY_DELAYS) + 1} times). Nothing was changed: "
+            "re-run when the storage is back.") from e
+      log.info("reading %s failed (%s); retrying in %g s", what,
+               _first_line(e), delay)
+      time.sleep(delay)
 
 
 def _check_room(directory, nbytes: int) -> None:
@@ -150,11 +213,20 @@ def _quiet_orbax():
     logger.setLevel(level)
 
 
+def _on_process_0(what: str, fn) -> None:
+  """fn() on process 0 only; every process goes on once it is done."""
+  if jax.process_index() == 0:
+    fn()
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f"zoo: {what}")
+
+
 class _ZooStepNames(ocp.step.NameFormat):
-  """Orbax's standard `step_<9 digits>` names, restricted to what zoo wrote:
-  real directories holding the integrity item. Orbax thus never counts a
-  symlink or foreign directory as its latest step (it would refuse to save
-  below it, and prune real checkpoints in its favour)."""
+  """Orbax's standard `step_<9 digits>` names, restricted to checkpoints
+  (`_what` says ""). Orbax thus never counts a symlink or foreign directory
+  as its latest step (it would refuse to save below it, and prune real
+  checkpoints in its favour)."""
 
   def __init__(self):
     self._std = ocp.step.standard_name_format(step_prefix="step",
@@ -164,48 +236,30 @@ class _ZooStepNames(ocp.step.NameFormat):
     return self._std.build_name(step)
 
   def find_all(self, base_path):
-    return (m for m in self._std.find_all(base_path) if _is_zoo_step(m.path))
+    return (m for m in self._std.find_all(base_path) if not _what(m.path))
 
   def find_step(self, base_path, step: int):
     metadata = self._std.find_step(base_path, step)
-    if not _is_zoo_step(metadata.path):
+    if _what(metadata.path):
       raise ValueError(f"{metadata.path} is not a zoo checkpoint")
     return metadata
 
 
-def _is_zoo_step(path) -> bool:
-  """A real directory holding zoo's integrity item; on remote storage also
-  one orbax finalized (it writes there in place, then a commit file)."""
+def _what(path) -> str:
+  """"" for a checkpoint: a real directory that orbax committed, holding an
+  item of zoo's; else what stands there. Read from a listing, which raises
+  on a storage fault (exists() on gs:// answers False)."""
   path = as_path(str(path))
-  if is_link(path) or not path.is_dir() or not (path / INTEGRITY).is_dir():
-    return False
-  return isinstance(path, Path) or ocp.step.is_path_finalized(str(path))
-
-
-def verify_legacy(path: Path) -> dict[str, Any]:
-  """The meta of an older zoo's checkpoint directory after checking its
-  files against its sha256.json; CheckpointError if they do not match."""
-  try:
-    digests = json.loads((path / LEGACY_DIGESTS).read_text())
-  except (OSError, ValueError) as e:
-    raise CheckpointError(f"{path}: no readable integrity record ({e})"
-                          ) from None
-  if not isinstance(digests, dict):
-    raise CheckpointError(f"{path}/{LEGACY_DIGESTS} is not an integrity "
-                          "record.")
-  for name in (LEGACY_ARRAYS, LEGACY_META):
-    if (not (path / name).is_file()
-        or _sha256(path / name) != digests.get(name)):
-      raise CheckpointError(f"{path}/{name} does not match its sha256: the "
-                            "file is damaged or truncated.")
-  try:
-    meta = json.loads((path / LEGACY_META).read_text())
-  except (OSError, ValueError) as e:
-    raise CheckpointError(f"{path}/{LEGACY_META} is not readable JSON: {e}"
-                          ) from None
-  if not isinstance(meta, dict):
-    raise CheckpointError(f"{path}/{LEGACY_META} is not a zoo record.")
-  return meta
+  if is_link(path):
+    return _LINK
+  if not path.is_dir():
+    return "a file"
+  names = {p.name for p in path.iterdir()}
+  if not isinstance(path, Path) and "commit_success.txt" not in names:
+    return "an unfinished save"  # orbax's, on gs://: not a step yet
+  if not names & {INTEGRITY, META_ITEM, STATE}:
+    return "a directory zoo did not write"
+  return ""
 
 
 class CheckpointManager:
@@ -215,10 +269,6 @@ class CheckpointManager:
   def __init__(self, directory, keep: int = 3):
     self.directory = as_path(directory)  # local, or gs://... (see workdir)
     self.keep = max(1, keep)
-    # Steps found damaged by restore_latest: the only ones a save may delete
-    # although they are newer than the step it writes.
-    self.damaged: set[int] = set()
-    self._warned: set[str] = set()
     self._orbax = None
     self._records: dict[int, dict[str, Any]] = {}  # step -> integrity record
 
@@ -229,7 +279,12 @@ class CheckpointManager:
     if self._orbax is None:
       options = ocp.CheckpointManagerOptions(
           max_to_keep=self.keep, create=True, step_name_format=_ZooStepNames(),
-          enable_async_checkpointing=False, cleanup_tmp_directories=True)
+          enable_async_checkpointing=False,  # see the module docstring
+          # On gs:// orbax takes a step without its commit file for a
+          # leftover and deletes it, and fsspec reports a storage fault as
+          # no file: zoo ignores an unfinished save there instead (orbax
+          # writes over it when that step is saved again).
+          cleanup_tmp_directories=isinstance(self.directory, Path))
       where = (os.fspath(self.directory.absolute())
                if isinstance(self.directory, Path) else str(self.directory))
       self._orbax = ocp.CheckpointManager(
@@ -241,41 +296,36 @@ class CheckpointManager:
 
   def close(self) -> None:
     if self._orbax is not None:
-      self._orbax.close()
-      self._orbax = None
+      orbax, self._orbax = self._orbax, None
+      with _quiet_orbax(), contextlib.suppress(Exception):
+        orbax.close()  # it raises a failed save again: reported already
+
+  def _scan(self) -> tuple[list[int], dict[int, str]]:
+    """(steps of the checkpoints, oldest first; {step: what} of anything
+    else named like a step), read with retries."""
+    def scan():
+      steps, others = [], {}
+      if not self.directory.is_dir():
+        return steps, others
+      for p in self.directory.iterdir():
+        if not (p.name[:5] == "step_" and p.name[5:].isdigit()
+                and p.name == self.path(int(p.name[5:])).name):
+          continue
+        what = _what(p)
+        if not what:
+          steps.append(int(p.name[5:]))
+        elif what != "an unfinished save":
+          others[int(p.name[5:])] = what
+      return sorted(steps), others
+    return _read(f"the checkpoints in {self.directory}", scan)
 
   def steps(self) -> list[int]:
     """Steps of the checkpoints present, oldest first: real directories
-    named step_<N> holding a zoo checkpoint (orbax's, or an older zoo's);
-    anything else of that name is ignored with a warning, never followed or
-    deleted."""
-    if not self.directory.is_dir():
-      return []
-    out = []
-    for p in self.directory.iterdir():
-      if not (p.name.startswith("step_") and p.name[5:].isdigit()):
-        continue
-      if _is_zoo_step(p) or (not is_link(p) and self.is_legacy_path(p)):
-        out.append(int(p.name[5:]))
-      elif p.name not in self._warned:
-        self._warned.add(p.name)
-        kind = ("a symbolic link" if is_link(p) else
-                "a file" if not p.is_dir() else "no integrity record")
-        log.warning("ignoring %s: not a checkpoint directory zoo wrote (%s)",
-                    p, kind)
-    return sorted(out)
+    named step_<N> that orbax committed with zoo's items."""
+    return self._scan()[0]
 
   def path(self, step: int):
     return self.directory / f"step_{step:09d}"
-
-  @staticmethod
-  def is_legacy_path(path: Path) -> bool:
-    return path.is_dir() and (path / LEGACY_ARRAYS).is_file()
-
-  def is_legacy(self, step: int) -> bool:
-    """Written by zoo before orbax (arrays.npz + meta.json + sha256.json)."""
-    return not _is_zoo_step(self.path(step)) and self.is_legacy_path(
-        self.path(step))
 
   def save(self, step: int, tree, meta: dict[str, Any]) -> Path:
     """Writes checkpoint `step` through orbax (returns when it is committed)
@@ -287,11 +337,17 @@ class CheckpointManager:
           f"cannot checkpoint zero-size arrays ({', '.join(empty[:3])}): "
           "give them at least one element.")
     _check_room(self.directory, sum(x.nbytes for x in jax.tree.leaves(tree)))
-    self._clear_above(step)
+    steps, others = self._scan()
+    newer = [s for s in (*steps, *others) if s > step]
+    if newer:
+      raise CheckpointError(
+          f"{self.path(max(newer))} is newer than the step being saved "
+          f"({step}); refusing to write below it. Was it copied in from "
+          "another run? Move it away and re-run.")
     meta = {**meta, "step": step}
     integrity = {"format": FORMAT, "state_sha256": state_digest(tree),
                  "meta_sha256": meta_digest(meta)}
-    if step in self.orbax.all_steps():  # the same step again: replace it
+    if step in steps:  # the same step again: replace it
       self.orbax.delete(step)
     with _quiet_orbax():  # a failure is reported once, by the caller
       self.orbax.save(step, force=True, args=ocp.args.Composite(**{
@@ -301,43 +357,17 @@ class CheckpointManager:
       self.orbax.wait_until_finished()
     return self.path(step)
 
-  def _clear_above(self, step: int) -> None:
-    """Deletes checkpoints newer than `step` that restore_latest found
-    damaged (the run resumed from before them); refuses to write below a
-    newer one not known to be damaged."""
-    for newer in self.steps():
-      if newer <= step:
-        continue
-      if newer not in self.damaged:
-        raise CheckpointError(
-            f"{self.path(newer)} is newer than the step being saved ({step}) "
-            "and was not found damaged; refusing to write below it. Was it "
-            "copied in from another run? Move it away and re-run.")
-      log.warning("removing damaged checkpoint %s: the run resumed from "
-                  "before it (step %d)", self.path(newer), step)
-      if newer in self.orbax.all_steps():
-        self.orbax.delete(newer)
-      else:
-        try:
-          rmtree(self.path(newer))
-        except OSError as e:
-          log.warning("could not remove %s: %s", self.path(newer), e)
-    self.orbax.reload()
-
   def read_meta(self, step: int) -> dict[str, Any]:
     """Checkpoint `step`'s meta, checked against its integrity record: a
     JSON object for this step, else CheckpointError."""
-    if self.is_legacy(step):
-      raise self._legacy_error(step)
     path = self.path(step)
-    try:
-      items = self.orbax.restore(step, args=ocp.args.Composite(**{
-          META_ITEM: ocp.args.JsonRestore(),
-          INTEGRITY: ocp.args.JsonRestore()}))
-      meta, integrity = items[META_ITEM], items[INTEGRITY]
-    except Exception as e:  # pylint: disable=broad-except  (any damage)
-      raise CheckpointError(f"{path}: meta or integrity record unreadable "
-                            f"({_first_line(e)})") from None
+    if INTEGRITY not in _read(f"checkpoint {path}",
+                              lambda: {p.name for p in path.iterdir()}):
+      raise CheckpointError(f"{path}: no zoo integrity record.")
+    items = _read(f"checkpoint {path} (meta)", lambda: self.orbax.restore(
+        step, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore(),
+                                         INTEGRITY: ocp.args.JsonRestore()})))
+    meta, integrity = items[META_ITEM], items[INTEGRITY]
     if not isinstance(integrity, dict) or integrity.get("format") != FORMAT:
       raise CheckpointError(f"{path}: no zoo integrity record.")
     if meta_digest(meta) != integrity.get("meta_sha256"):
@@ -352,22 +382,16 @@ class CheckpointManager:
   def _stored(self, step: int) -> dict[tuple, Any]:
     """{plain path: orbax ArrayMetadata} of `step`'s state: shapes and
     dtypes as stored, read before any data."""
-    try:
-      stored = self.orbax.item_metadata(step)[STATE]
-      return plain_paths(getattr(stored, "tree", stored))
-    except Exception as e:  # pylint: disable=broad-except  (any damage)
-      raise CheckpointError(f"{self.path(step)}/{STATE}: metadata unreadable "
-                            f"({_first_line(e)})") from None
+    stored = _read(f"checkpoint {self.path(step)} (state metadata)",
+                   lambda: self.orbax.item_metadata(step)[STATE])
+    return plain_paths(getattr(stored, "tree", stored))
 
   def _restore_state(self, step: int, template=None):
     """`step`'s state (into `template`'s structure, or as orbax restores it
     without one), checked against its integrity record (read_meta first)."""
-    try:
-      state = self.orbax.restore(step, args=ocp.args.Composite(**{
-          STATE: ocp.args.StandardRestore(template)}))[STATE]
-    except Exception as e:  # pylint: disable=broad-except  (any damage)
-      raise CheckpointError(f"{self.path(step)}/{STATE} unreadable "
-                            f"({_first_line(e)})") from None
+    state = _read(f"checkpoint {self.path(step)} (state)",
+                  lambda: self.orbax.restore(step, args=ocp.args.Composite(**{
+                      STATE: ocp.args.StandardRestore(template)}))[STATE])
     if state_digest(state) != self._records[step].get("state_sha256"):
       raise CheckpointError(f"{self.path(step)}/{STATE} does not match its "
                             "sha256: the data is damaged or truncated.")
@@ -393,17 +417,16 @@ class CheckpointManager:
             f"{path}: {_name(p)} has shape {got[p][0]} dtype "
             f"{got[p][1]}, the model expects shape {spec[0]} dtype {spec[1]}.")
 
-  def restore(self, step: int, template) -> tuple[Any, dict[str, Any]]:
-    """Checkpoint `step` in `template`'s structure and its meta, verified."""
+  def restore(self, step: int, template, check_meta=None
+              ) -> tuple[Any, dict[str, Any]]:
+    """Checkpoint `step` in `template`'s structure and its meta, verified
+    (`check_meta(meta)` before any array is read)."""
     meta = self.read_meta(step)
-    return self._load(step, template), meta
-
-  def _load(self, step: int, template):
-    """The state of `step` (meta already read), checked before and after
-    reading its data."""
+    if check_meta is not None:
+      check_meta(meta)
     template = jax.tree.map(np.asarray, template)
     self._check_stored(step, template)
-    return self._restore_state(step, template)
+    return self._restore_state(step, template), meta
 
   def restore_weights(self, step: int, params, model_state,
                       params_key: str = "params"):
@@ -458,40 +481,120 @@ class CheckpointManager:
                             "arrays; verify it with a template instead.")
     self._restore_state(step)
 
-  def _legacy_error(self, step: int) -> LegacyCheckpointError:
-    path = self.path(step)
-    return LegacyCheckpointError(
-        f"{path} was written by an older zoo (arrays.npz, before orbax "
-        "checkpoints): it cannot be resumed. Its weights still load: zoo eval "
-        f"NAME --weights {path / LEGACY_ARRAYS}. To train, start over: move "
-        f"{self.directory} away or use a new --workdir.")
-
   def restore_latest(self, template, check_meta=None
                      ) -> tuple[Any, dict[str, Any]] | None:
-    """The newest good checkpoint, skipping (with a warning) damaged ones;
-    None if there is none. Raises if checkpoints exist but none is good, or
-    if the newest is an older zoo's.
+    """The newest good checkpoint (state in `template`'s structure, meta),
+    or None if there is none; damaged ones above it are moved aside with a
+    warning. Raises, changing nothing, if all are damaged, if a symlink is
+    named like a step, or a file or foreign directory so named is newer.
 
     `check_meta(meta)` runs on a verified checkpoint's meta before its
     arrays are read (e.g. to refuse a changed config with its own error,
     rather than a shape mismatch); what it raises propagates.
     """
-    steps = self.steps()
-    errors = []
+    steps, others = self._scan()
+    for step, what in others.items():
+      if what == _LINK:
+        raise CheckpointError(
+            f"{self.path(step)} is a symbolic link named like a checkpoint: "
+            "zoo neither follows nor replaces it. Replace it by a copy of "
+            "the checkpoint it points to, or remove it, and re-run.")
+    found, damaged = None, {}
     for step in reversed(steps):
-      if self.is_legacy(step):
-        raise self._legacy_error(step)
       try:
-        meta = self.read_meta(step)
-        if check_meta is not None:
-          check_meta(meta)
-        return self._load(step, template), meta
+        found = step, self._verified(step, template, check_meta)
+        break
       except CheckpointError as e:
-        log.warning("skipping checkpoint: %s", e)
-        errors.append(str(e))
-        self.damaged.add(step)
-    if steps:
+        damaged[step] = str(e)
+    newest = found[0] if found else -1
+    for step, what in sorted(others.items()):
+      if step > newest:
+        raise CheckpointError(
+            f"{self.path(step)} is {what}, named like a checkpoint newer "
+            + (f"than step {newest}, the newest good one" if found else
+               "than any good one")
+            + ": zoo does not train below it. Move it away and re-run.")
+      log.warning("ignoring %s: %s, not a checkpoint zoo wrote",
+                  self.path(step), what)
+    _agree(f"the checkpoints in {self.directory}",
+           [newest, *sorted(damaged)])
+    if found is None:
+      if damaged:
+        raise CheckpointError(
+            f"all {len(damaged)} checkpoint(s) in {self.directory} failed "
+            f"their integrity check ({'; '.join(damaged.values())}); nothing "
+            "was changed. To start over, run with --fresh (resume=False), "
+            "which moves them aside to "
+            f"{self.directory.parent / (PREVIOUS + self.directory.name)}.")
+      return None
+    if damaged:
+      _on_process_0("damaged checkpoints moved aside",
+                    lambda: self._move_damaged(damaged))
+      self.orbax.reload()
+    return found[1]
+
+  def _verified(self, step: int, template, check_meta):
+    """(state, meta) of `step`, read again after a delay before it counts as
+    damaged: orbax and fsspec answer some storage faults as a missing file."""
+    for delay in (READ_RETRY_DELAYS[0], None):
+      try:
+        return self.restore(step, template, check_meta)
+      except CheckpointError:
+        if delay is None:
+          raise
+        time.sleep(delay)
+
+  def _move_damaged(self, damaged: dict[int, str]) -> None:
+    for step, why in damaged.items():
+      src = self.path(step)
+      dest = _free(self.directory / f"{DAMAGED}{src.name}")
+      with _storage_errors(f"move the damaged checkpoint {src} aside", src):
+        move_tree(src, dest)
+      log.warning("moved the damaged checkpoint %s aside to %s: %s", src,
+                  dest.name, why)
+
+  def move_all_aside(self) -> None:
+    """Renames the directory to `previous_<name>` (or -2, -3, ...) next to
+    it: resume=False starts over, losing nothing. Process 0 moves, the
+    others wait."""
+    def move():
+      with _storage_errors(f"move {self.directory} aside", self.directory):
+        if self.directory.is_dir() and any(self.directory.iterdir()):
+          dest = _free(self.directory.parent
+                       / f"{PREVIOUS}{self.directory.name}")
+          move_tree(self.directory, dest)
+          log.warning("starting over: moved %s aside to %s", self.directory,
+                      dest)
+    self.close()  # orbax is made again, on a new directory
+    _on_process_0("checkpoints moved aside", move)
+
+
+def _free(path):
+  """`path`, or path-2, path-3, ...: the first name that is free."""
+  dest, n = path, 1
+  while dest.exists() or is_link(dest):
+    n += 1
+    dest = path.parent / f"{path.name}-{n}"
+  return dest
+
+
+@contextlib.contextmanager
+def _storage_errors(what: str, path):
+  """A filesystem fault (or any remote client's error) as one WorkdirError."""
+  with remote_errors(what, not isinstance(path, Path)), fs_errors(what):
+    yield
+
+
+def _agree(what: str, row: list[int]) -> None:
+  """With several processes: raises on every one, before any moves, unless
+  all found the same `row` (the step resumed, the damaged ones)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    digest = int(hashlib.sha256(repr(row).encode()).hexdigest()[:15], 16)
+    seen = np.asarray(multihost_utils.process_allgather(
+        np.array([row[0], digest], np.int64))).reshape(-1, 2).tolist()
+    if len({tuple(r) for r in seen}) > 1:
       raise CheckpointError(
-          f"no usable checkpoint in {self.directory} (" + "; ".join(errors)
-          + "). Delete that directory (or use a new --workdir) to start over.")
-    return None
+          f"the processes found different good checkpoints in {what} "
+          f"(steps {', '.join(str(r[0]) for r in seen)}, by process); "
+          "nothing was changed. Their storage must be shared and consistent.")

@@ -3,39 +3,44 @@
 Must run before anything touches a device. With explicit flags it connects
 to the coordinator; without them it lets JAX auto-detect TPU pods and SLURM
 clusters; on a single machine with no cluster it does nothing. It says on
-stderr what it waits for, and gives up after a bounded time. Process 0 runs
-JAX's coordination service in a companion process (zoo/training/coordinator.py)
-so that the others can report its loss (zoo.training.peers) instead of
-aborting with a C++ stack trace.
+stderr what it waits for and gives up after a bounded time with one line.
+Once running, a lost process is found by JAX's own heartbeat
+(`heartbeat_timeout_seconds`): the others abort, and the job is restarted
+as a whole (docs: pods). A process that fails skips JAX's shutdown barrier
+(`stop_alone_on_error`), so that it ends at once.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
-import json
 import math
 import os
 import re
 import socket
-import subprocess
 import sys
 import threading
-from pathlib import Path
+import time
 
 import jax
 
-from zoo.errors import DistributedError, PeerTimeoutError
+from zoo.errors import (DistributedError, PeerLostError, PeerTimeoutError,
+                        ZooError)
 
-_CLUSTER_ENV = ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS",
-                "OMPI_COMM_WORLD_SIZE")
+_CLUSTER_ENV = ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES",
+                "MEGASCALE_COORDINATOR_ADDRESS", "OMPI_COMM_WORLD_SIZE")
 DEFAULT_INIT_TIMEOUT_S = 60.0
-DEFAULT_PEER_TIMEOUT_S = 60.0
-# JAX's own deadlines (start-up, heartbeats) are set later than ours, so that
-# ours speak first: JAX's end the process with a C++ stack trace instead of
-# an error message.
+DEFAULT_HEARTBEAT_TIMEOUT_S = 100.0  # JAX's own default
+# JAX's initialization_timeout is set later than zoo's, so that zoo's one
+# line speaks first: JAX's ends the process with a C++ stack trace.
 _JAX_GRACE_S = 30
 _JAX_MAX_S = 2**31 - 1  # JAX takes whole seconds as a C int
-_ADDRESS = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):(?P<port>\d+)$")
+_FAILED_LINGER_S = 3.0
+# What a JaxRuntimeError of a collective with a lost peer says.
+_PEER_WORDS = ("Gloo", "gloo", "Connection", "connection", "peer",
+               "UNAVAILABLE", "DEADLINE_EXCEEDED")
+_ADDRESS = re.compile(
+    r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):(?P<port>\d+)$")
 
 
 def parse_address(address) -> tuple[str, int]:
@@ -63,14 +68,16 @@ def check_flags(coordinator_address: str | None = None,
                 num_processes: int | None = None,
                 process_id: int | None = None,
                 timeout: float = DEFAULT_INIT_TIMEOUT_S,
-                peer_timeout: float = DEFAULT_PEER_TIMEOUT_S) -> None:
+                heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT_S
+                ) -> None:
   """Raises DistributedError unless the multi-host flags are all given and
   consistent, or none is; cheap, so callers check before any other work."""
   flags = {"--coordinator-address": coordinator_address,
            "--num-processes": num_processes, "--process-id": process_id}
   missing = [f for f, v in flags.items() if v is None]
   _check_seconds("--init-timeout", timeout, DEFAULT_INIT_TIMEOUT_S)
-  _check_seconds("--peer-timeout", peer_timeout, DEFAULT_PEER_TIMEOUT_S)
+  _check_seconds("--heartbeat-timeout", heartbeat_timeout,
+                 DEFAULT_HEARTBEAT_TIMEOUT_S)
   if len(missing) == len(flags):
     return
   if missing:
@@ -120,34 +127,23 @@ def _timeout_error(address: str, num_processes: int, process_id: int,
       f"{num_processes}, or allow longer with --init-timeout SECONDS.")
 
 
-_exiting = threading.Lock()
-
-
-def exit_now(error: Exception, status: int, linger: float = 0.0) -> None:
-  """Prints `error` as one `zoo: error:` line and ends the process at once
-  with `status`, without unwinding: the main thread may be stuck in a call
-  into JAX that never returns. Only the first caller speaks. `linger`: how
-  long process 0's coordination service (if this is process 0) keeps
-  serving, so that the others can still tell who was lost."""
-  if not _exiting.acquire(blocking=False):
-    threading.Event().wait()  # another thread is ending the process
+def _exit_now(error: Exception) -> None:
+  """Prints `error` as one `zoo: error:` line and ends the process with
+  status 2 at once: the main thread is stuck in JAX's connect, which gives
+  up only by aborting."""
   with contextlib.suppress(Exception):
     sys.stdout.flush()
-  with contextlib.suppress(Exception):
     print(f"zoo: error: {error}", file=sys.stderr, flush=True)
-  if _companion is not None:
-    _companion.linger(linger)
-  os._exit(status)
+  os._exit(2)
 
 
 @contextlib.contextmanager
-def _deadline(seconds: float, error: Exception, status: int = 2,
-              linger: float = 0.0):
+def _deadline(seconds: float, error: Exception):
   """Runs the body; if it is still running after `seconds`, ends the process
-  with `error` and `status` (exit_now). A process cannot carry on instead:
-  JAX never gives up a connect or a call to a dead peer short of aborting."""
-  timer = threading.Timer(min(seconds, threading.TIMEOUT_MAX), exit_now,
-                          (error, status, linger))
+  with `error` (JAX's own initialization_timeout, set later, would abort
+  with a C++ stack trace instead)."""
+  timer = threading.Timer(min(seconds, threading.TIMEOUT_MAX), _exit_now,
+                          (error,))
   timer.daemon = True
   timer.start()
   try:
@@ -156,105 +152,77 @@ def _deadline(seconds: float, error: Exception, status: int = 2,
     timer.cancel()
 
 
-class _Companion:
-  """Process 0's coordination service, run by zoo/training/coordinator.py in a
-  process of its own; stands in for JAX's service object (`shutdown`)."""
-
-  def __init__(self, proc: subprocess.Popen):
-    self.proc = proc
-
-  def linger(self, seconds: float) -> None:
-    """How long the service goes on once this process is gone."""
-    with contextlib.suppress(OSError, ValueError):
-      self.proc.stdin.write(f"linger {seconds:g}\n")
-      self.proc.stdin.flush()
-
-  def shutdown(self) -> None:
-    """Stops the service now (JAX calls it after its shutdown barrier)."""
-    self.linger(0)
-    with contextlib.suppress(OSError, ValueError):
-      self.proc.stdin.close()
-    try:
-      self.proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-      self.proc.kill()
-      self.proc.wait()
-
-
-_companion: _Companion | None = None
-
-
-def _port_in_use(bind_address: str) -> bool:
-  """Whether something listens on the port JAX's service binds. gRPC shares
-  ports (SO_REUSEPORT): a second service on the port of one still running
-  would start silently and split the processes between the two."""
+def _check_port_free(bind_address: str) -> None:
+  """Raises DistributedError if something already listens on the port that
+  process 0's coordination service is to bind (on every interface). gRPC
+  shares ports (SO_REUSEPORT): a second job's service on the port of a
+  running one would start silently and split the processes between them."""
+  _, port = parse_address(bind_address)
   try:
-    host, port = parse_address(bind_address)
-  except DistributedError:
-    return False  # gRPC will say what is wrong with it
-  host = host.strip("[]")
-  family = socket.AF_INET6 if ":" in host else socket.AF_INET
-  dual = host == "::" and socket.has_dualstack_ipv6()
-  try:
-    with socket.create_server((host, port), family=family,
-                              dualstack_ipv6=dual):
-      return False
+    with socket.create_server(("", port)):
+      return
   except OSError as e:
-    return e.errno == errno.EADDRINUSE
+    if e.errno != errno.EADDRINUSE:
+      return  # not ours to judge: JAX will say
+  raise DistributedError(
+      f"process 0 cannot serve the job on port {port}: it is in use on this "
+      "host (another program, or another job's coordinator): give another "
+      "port in --coordinator-address, the same on every process.")
 
 
-def _service_factory(original, linger: float):
-  """A stand-in for jaxlib's `get_distributed_runtime_service` that runs the
-  service in a companion process; after JAX has started (`up`), a process 0
-  that vanishes leaves it serving `linger` seconds more."""
-  def start(address, num_processes, **kwargs):
-    global _companion
-    if num_processes == 1:  # nobody else to report its loss
-      return original(address, num_processes, **kwargs)
-    _, port = parse_address(address)
-    if _port_in_use(address):
-      raise DistributedError(
-          f"process 0 cannot serve the job on port {port}: it is in use on "
-          "this host, by another program or by the coordinator of a run "
-          "whose process 0 was lost (it serves on for 1.5 x --peer-timeout "
-          "+ 5 s, so that the other processes can report the loss): wait "
-          "and run again, or give another port in --coordinator-address.")
-    script = Path(__file__).with_name("coordinator.py")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "import runpy, sys; sys.argv = sys.argv[1:]; "
-         "runpy.run_path(sys.argv[0], run_name='__main__')", str(script),
-         address, str(num_processes), json.dumps(kwargs)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, text=True)
-    answer = proc.stdout.readline().strip()
-    proc.stdout.close()
-    if answer != "ready":
-      proc.kill()
-      proc.wait()
-      raise DistributedError(
-          f"process 0 could not start JAX's coordination service on "
-          f"{address}: {answer.removeprefix('error ') or 'it exited'}.")
-    _companion = _Companion(proc)
-    return _companion
-  return start
+def _skip_shutdown_barrier(status: int) -> None:
+  """Ends a failed process (its error already printed) before JAX's atexit
+  shutdown barrier, which would wait shutdown_timeout for peers that never
+  reach it. Process 0 waits a moment first: its exit ends the coordination
+  service, and peers failing at the same point print their own line."""
+  with contextlib.suppress(Exception):
+    sys.stdout.flush()
+    sys.stderr.flush()
+  if jax.process_index() == 0:
+    time.sleep(_FAILED_LINGER_S)
+  os._exit(status)
 
 
 @contextlib.contextmanager
-def _service_apart(linger: float):
-  """Within the body, JAX starts process 0's coordination service in a
-  companion process; left as is where this jaxlib lacks the hook."""
-  from jax._src.lib import _jax
-  original = getattr(_jax, "get_distributed_runtime_service", None)
-  if original is None:
-    yield
-    return
-  _jax.get_distributed_runtime_service = _service_factory(original, linger)
+def stop_alone_on_error():
+  """In a job of several processes, an error that ends this process ends it
+  without JAX's shutdown barrier (see `_skip_shutdown_barrier`); the other
+  processes then stop through JAX's own heartbeat (they abort once this
+  process has been silent heartbeat_timeout seconds; at once if it was
+  process 0). A preempted run is no failure: every process stops at the
+  same step and meets the barrier. One process: a no-op."""
+  from zoo.training.preemption import Preempted
   try:
     yield
-  finally:
-    _jax.get_distributed_runtime_service = original
-  if _companion is not None:
-    _companion.linger(linger)
+  except Preempted:
+    raise
+  except BaseException as e:
+    if jax.process_count() == 1:
+      raise
+    lost = _collective_failed(e)
+    status = (2 if isinstance(e, ZooError) or lost else
+              130 if isinstance(e, KeyboardInterrupt) else
+              e.code if isinstance(e, SystemExit) and _is_int(e.code) else 1)
+    # atexit runs last-registered first: this runs before JAX's shutdown.
+    atexit.register(_skip_shutdown_barrier, status)
+    if lost:
+      raise lost from e
+    raise
+
+
+def _collective_failed(e: BaseException) -> PeerLostError | None:
+  """What a failed collective (gloo: "Connection reset by peer"), here or
+  wrapped in a failed checkpoint save, means in a job: a lost process."""
+  while e is not None and not isinstance(e, jax.errors.JaxRuntimeError):
+    e = e.__cause__ or e.__context__
+  reason = (str(e).strip().splitlines() or [""])[0][:200] if e else ""
+  if not any(w in reason for w in _PEER_WORDS):
+    return None  # a runtime error of its own (out of memory, ...)
+  return PeerLostError(
+      f"a collective with the other processes failed ({reason}): another "
+      "process of the job was lost or stopped; see its log, then restart the "
+      "whole job with the same commands, which resumes from the last "
+      "checkpoint.")
 
 
 def initialize(coordinator_address: str | None = None,
@@ -262,44 +230,38 @@ def initialize(coordinator_address: str | None = None,
                process_id: int | None = None,
                local_device_ids=None, *,
                timeout: float = DEFAULT_INIT_TIMEOUT_S,
-               peer_timeout: float = DEFAULT_PEER_TIMEOUT_S) -> bool:
+               heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT_S) -> bool:
   """Joins the multi-process job; True if this is one.
 
   Named as `jax.distributed.initialize` names them. CPU processes talk
   through gloo collectives. Bad flags raise DistributedError before anything
   starts; if the processes have not all met after `timeout` seconds, the
-  process prints a PeerTimeoutError and exits with status 2. `peer_timeout`
-  is the time after which zoo.training.peers reports a silent process as lost;
-  JAX's own heartbeat deadline is set later, so that zoo speaks first.
+  process prints a PeerTimeoutError and exits with status 2.
+  `heartbeat_timeout`: JAX's heartbeat_timeout_seconds, after which JAX
+  ends the other processes of a job that lost one.
   """
   check_flags(coordinator_address, num_processes, process_id, timeout,
-              peer_timeout)
+              heartbeat_timeout)
   explicit = coordinator_address is not None
   if not explicit and not any(k in os.environ for k in _CLUSTER_ENV):
     return False
   # CPU processes need a collectives backend; it does not affect GPUs/TPUs.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax_timeouts = dict(
-      initialization_timeout=min(math.ceil(timeout) + _JAX_GRACE_S,
-                                 _JAX_MAX_S),
-      heartbeat_timeout_seconds=min(math.ceil(peer_timeout) + _JAX_GRACE_S,
-                                    _JAX_MAX_S))
-  # After process 0 is lost its service serves on until the others have
-  # seen its heartbeat stop: peer_timeout plus two heartbeats (at most a
-  # quarter of it each, see zoo.training.peers) and a margin.
-  linger = 1.5 * peer_timeout + 5
+  kwargs = dict(initialization_timeout=min(math.ceil(timeout) + _JAX_GRACE_S,
+                                           _JAX_MAX_S),
+                heartbeat_timeout_seconds=min(math.ceil(heartbeat_timeout),
+                                              _JAX_MAX_S))
   if explicit:
+    if process_id == 0 and num_processes > 1:
+      _check_port_free(coordinator_address)
     print(f"zoo: waiting for {num_processes} processes at "
           f"{coordinator_address} (this is process {process_id}; timeout "
           f"{timeout:g} s)", file=sys.stderr, flush=True)
     error = _timeout_error(coordinator_address, num_processes, process_id,
                            timeout)
-    with _deadline(timeout, error), _service_apart(linger):
-      jax.distributed.initialize(coordinator_address=coordinator_address,
-                                 num_processes=num_processes,
-                                 process_id=process_id,
-                                 local_device_ids=local_device_ids,
-                                 **jax_timeouts)
+    kwargs.update(coordinator_address=coordinator_address,
+                  num_processes=num_processes, process_id=process_id,
+                  local_device_ids=local_device_ids)
   else:
     found = ", ".join(k for k in _CLUSTER_ENV if k in os.environ)
     print(f"zoo: waiting for the processes of the cluster job JAX detects "
@@ -310,6 +272,6 @@ def initialize(coordinator_address: str | None = None,
         f"within {timeout:g} s: check that every process of the job started, "
         "or allow longer with --init-timeout SECONDS; on a single machine, "
         f"unset {found}.")
-    with _deadline(timeout, error), _service_apart(linger):
-      jax.distributed.initialize(**jax_timeouts)
+  with _deadline(timeout, error):
+    jax.distributed.initialize(**kwargs)
   return True

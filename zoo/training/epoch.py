@@ -129,13 +129,15 @@ class StepRunner:
     return self._rows[1], self._rows[2]
 
   def _scan_fn(self, rows):
-    length = rows.shape[0]
-    if length not in self._compiled:
+    """The scan compiled for `rows`' shape: one per chunk length (pmap's
+    rows lead with the device axis, so the length is not shape[0])."""
+    shape = tuple(rows.shape)
+    if shape not in self._compiled:
       t = time.perf_counter()
-      self._compiled[length] = self._run_scan.lower(
+      self._compiled[shape] = self._run_scan.lower(
           self.state, self.images, self.labels, rows).compile()
       self.compile_seconds += time.perf_counter() - t
-    return self._compiled[length]
+    return self._compiled[shape]
 
   def run(self, epoch: int, offset: int, end: int, preempt,
           on_progress: Callable[[int, float, float, float], None]) -> Chunk:

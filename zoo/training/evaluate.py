@@ -226,9 +226,10 @@ def evaluate_model(name_or_entry, params, model_state=None, *,
   """Evaluates `params` of a registered model on its test split (one device
   of this process). With `top_mistakes`, the result also holds "confusion"
   and "mistakes" (see `Evaluator.detailed`)."""
-  from zoo import registry
+  from zoo import registry, weights
   entry = (registry.get(name_or_entry) if isinstance(name_or_entry, str)
            else name_or_entry)
+  weights.check(entry, params, model_state)
   test = load_split(entry, split, data_dir)
   evaluator = Evaluator(entry, test.images, test.labels,
                         batch_size or entry.config["train"]["eval_batch_size"])

@@ -99,7 +99,7 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
                           strategy=run.strat)
     preempt = stack.enter_context(Preemption(step))
     if preempt.requested and step:  # SIGTERM while a resumed run loaded
-      raise Preempted.saved(step, ckpts.last)
+      raise Preempted.saved(step, ckpts.last, preempt.signum)
     trained = EpochSums()  # seconds and images of this invocation
     evaluate = lambda state: evaluator(eval_params(state), state.model_state)
     while step < run.total_steps:
@@ -115,7 +115,7 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
           or run.is_checkpoint_step(step)):
         ckpts.save(state, history, None)
       if preempt.requested and step < run.total_steps:
-        raise Preempted.saved(step, ckpts.last)
+        raise Preempted.saved(step, ckpts.last, preempt.signum)
     state = runner.host_state()
     result = _result(run, state, evaluate(state), trained, runner, t_start)
     writer.result(result, history, ckpts.last, trained=bool(trained.images))
@@ -152,7 +152,7 @@ def _run_epoch(run, runner: StepRunner, ckpts, writer, preempt, history,
         and (preempt.requested or run.is_checkpoint_step(step))):
       ckpts.save(runner.host_state(), history, sums.partial())
       if preempt.requested:
-        raise Preempted.saved(step, ckpts.last)
+        raise Preempted.saved(step, ckpts.last, preempt.signum)
   return epoch, step, sums
 
 

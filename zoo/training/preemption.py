@@ -1,4 +1,5 @@
-"""SIGTERM as a preemption notice: stop at a step boundary, save, exit 143.
+"""SIGTERM (a preemption notice) and a first Ctrl-C: stop at a step
+boundary, save, exit 143 (130 for Ctrl-C); a second Ctrl-C stops at once.
 
 With several processes every host must stop at the same step (one that
 stopped alone would hang the others in their next collective), so the
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 
 import jax
 
@@ -16,44 +18,47 @@ from zoo.errors import ZooError
 log = logging.getLogger("zoo.train")
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, as schedulers expect
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
 class Preempted(ZooError):
-  """SIGTERM arrived: the state was saved at a step boundary."""
+  """SIGTERM or Ctrl-C arrived: the run stopped at a step boundary, saved
+  if it has a workdir; `exit_code` is 143 or 130."""
+  exit_code = PREEMPTED_EXIT_CODE
 
   @classmethod
-  def saved(cls, step: int, checkpoint: str | None) -> "Preempted":
-    return cls(f"SIGTERM: saved step {step} to {checkpoint}; re-run the same "
-               "command to resume.")
+  def saved(cls, step: int, checkpoint: str | None,
+            signum: int = signal.SIGTERM) -> "Preempted":
+    what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+    e = cls(f"{what}: saved step {step} to {checkpoint}; re-run the same "
+            "command to resume." if checkpoint else
+            f"{what}: stopped at step {step}; nothing was saved (no "
+            "--workdir).")
+    if signum == signal.SIGINT:
+      e.exit_code = INTERRUPTED_EXIT_CODE
+    return e
 
 
 class Preemption:
   """Turns SIGTERM into a stop at a step boundary; `check(steps)` is called
-  after every step (Python loop) or every chunk of `steps` steps (scan
-  loop).
+  after every step (Python loop) or every chunk of `steps` steps (scan).
 
-  One process: a SIGTERM handler sets a flag. Several processes
-  (jax.distributed): hosts may get SIGTERM at different steps, and one that
-  stopped alone would hang the others in their next collective, so the
-  decision comes from JAX's preemption service instead, which hears SIGTERM
-  itself and makes every host stop at the same sync point
-  (`multihost_utils.reached_preemption_sync_point`). That service keeps one
-  call counter per process, sets the sync point to the fastest host's last
-  counter + 1 and answers True only at that exact counter; orbax's
-  CheckpointManager asks it too, with the training step, at every save. So
-  the counter zoo gives is the global step as well, and a chunk asks once
-  for each of its steps: every host walks the same counters in the same
-  chunks and stops after the chunk holding the sync point; a notice before
-  the loop is heard on entry. (A private call counter was wrong: orbax's
-  step numbers overwrote it, the sync point landed on a counter zoo had
-  passed, and the SIGTERM was lost.) Without that
-  service (jax_enable_preemption_service=False) SIGTERM keeps its default
-  action and the run resumes from its last periodic checkpoint.
+  One process: a SIGTERM handler sets a flag. Several processes: hosts may
+  get SIGTERM at different steps, and one that stopped alone would hang the
+  others in their next collective, so JAX's preemption service decides: it
+  hears SIGTERM itself and sets a sync point one past the fastest host's
+  last step, which `multihost_utils.reached_preemption_sync_point(step)`
+  answers True at, on every host. The counter zoo gives is the global step,
+  asked once per step (a chunk asks for each of its steps) from here only;
+  orbax's CheckpointManager asks with the same step at its saves. Without
+  the service (jax_enable_preemption_service=False) SIGTERM keeps its
+  default action and the run resumes from its last periodic checkpoint.
   """
 
   def __init__(self, step: int = 0):
     self.requested = False
-    self._old = None
+    self.signum = signal.SIGTERM  # which signal asked
+    self._old = {}
     self._multihost = jax.process_count() > 1
     self._step = step  # the global step reached (the service's counter)
     self._available = True
@@ -67,14 +72,23 @@ class Preemption:
       # host at its first chunk. A resumed run stops before training.
       self._ask(min(self._step, 1), self._step)
       return self
-    try:
-      self._old = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread
-      self._old = None
+    for signum in (signal.SIGTERM, signal.SIGINT):
+      # A SIGINT the parent ignores (a background job) stays ignored.
+      if signal.getsignal(signum) is signal.SIG_IGN:
+        continue
+      try:
+        self._old[signum] = signal.signal(signum, self._handle)
+      except ValueError:  # not the main thread
+        break
     return self
 
   def _handle(self, signum, frame):
-    self.requested = True
+    if signum == signal.SIGINT:
+      if self.requested:  # a second Ctrl-C: stop now, unsaved
+        raise KeyboardInterrupt
+      print("zoo: Ctrl-C: stopping after this step to save; Ctrl-C again "
+            "stops at once, unsaved.", file=sys.stderr, flush=True)
+    self.requested, self.signum = True, signum
 
   def check(self, steps: int = 1) -> bool:
     """True once the run should save and stop (the same on every host);
@@ -99,5 +113,5 @@ class Preemption:
                     "SIGTERM the run resumes from its last checkpoint.", e)
 
   def __exit__(self, *exc):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
+    for signum, old in self._old.items():
+      signal.signal(signum, old)

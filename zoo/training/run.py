@@ -3,6 +3,7 @@ run's checkpoints (restore at start, refusing another config; save with the
 loop's bookkeeping)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import sys
@@ -22,7 +23,7 @@ from zoo.training.fingerprint import params_sha256
 from zoo.training.optim import optimizer
 from zoo.training.state import (TrainState, check_weights, head_modules,
                                 init_state, init_weights)
-from zoo.training.workdir import Workdir, WorkdirError, fs_errors, rmtree
+from zoo.training.workdir import Workdir, WorkdirError, fs_errors
 
 log = logging.getLogger("zoo.train")
 
@@ -173,8 +174,8 @@ def same_config_check(workdir: Path, cfg: dict) -> Callable[[dict], None]:
           f"{workdir} holds a run with a different config"
           + (f" (of {other!r})" if other and other != cfg["name"] else "")
           + f" (changed: {', '.join(changed[:5])}); re-run with the same "
-          "settings, use a new --workdir, or delete its checkpoints/ to "
-          "start over.")
+          "settings, use a new --workdir, or start over with --fresh "
+          "(resume=False), which moves its checkpoints aside.")
   return check
 
 
@@ -185,7 +186,6 @@ class RunCheckpoints:
 
   def __init__(self, run_dir: Workdir | None, run: Run):
     self.run_dir, self.run = run_dir, run
-    self.is_main = jax.process_index() == 0
     self.last: str | None = None
     self.manager = None
     if run_dir is not None:
@@ -201,16 +201,17 @@ class RunCheckpoints:
 
   def restore(self, resume: bool) -> tuple[TrainState, dict[str, Any]]:
     """(state, checkpoint meta) to start from: the newest good checkpoint
-    of the same config, or the initial state and {}. Then, the config being
-    accepted, config.json is written."""
+    of the same config, or the initial state and {} (resume=False: after
+    moving the old checkpoints aside). Then, the config being accepted,
+    config.json is written."""
     state, meta = self.run.initial_state, {}
     if self.manager is None:
       return state, meta
     if not resume:
-      self._remove_all()
+      self.manager.move_all_aside()
     check_shared_workdir(self.run_dir.path)
     agree_on_checkpoints(self.manager)
-    restored = resume and self.manager.restore_latest(
+    restored = self.manager.restore_latest(
         state, check_meta=same_config_check(self.run_dir.path,
                                             self.run.config))
     if restored:
@@ -224,7 +225,7 @@ class RunCheckpoints:
             "uninterrupted run only to float tolerance (reductions are "
             "ordered differently), not bit for bit.",
             _layout_text(self.layout()), _layout_text(meta["layout"]))
-    if self.is_main:
+    if jax.process_index() == 0:
       self.run_dir.write_json("config.json", self.run.config)
     return state, meta
 
@@ -233,16 +234,6 @@ class RunCheckpoints:
     same)."""
     return {"devices": self.run.strat.num_devices,
             "processes": jax.process_count()}
-
-  def _remove_all(self) -> None:
-    steps = self.manager.steps()
-    if not steps or not self.is_main:
-      return
-    log.warning("resume=False: removing the %d checkpoint(s) in %s to start "
-                "over", len(steps), self.manager.directory)
-    with fs_errors(f"remove the old checkpoints in {self.manager.directory}"):
-      for step in steps:
-        rmtree(self.manager.path(step))
 
   def save(self, state: TrainState, history: list[dict[str, Any]],
            partial: dict[str, Any] | None) -> None:
@@ -261,13 +252,19 @@ class RunCheckpoints:
             "params_sha256": params_sha256(state.params),
             "layout": self.layout(),
             "versions": versions()}
+    with self._save_errors(step):
+      self.last = str(self.manager.save(step, state, meta))
+
+  @contextlib.contextmanager
+  def _save_errors(self, step: int):
+    """A failed save as one WorkdirError naming the intact checkpoint."""
     after = (f"The last good checkpoint ({self.last}) is intact; fix that "
              "and re-run the same command to resume." if self.last
              else "No checkpoint was written yet.")
     what = f"save checkpoint step {step} in {self.manager.directory}"
     with fs_errors(what, after):
       try:
-        self.last = str(self.manager.save(step, state, meta))
+        yield
       except (ZooError, OSError):
         raise
       except Exception as e:  # orbax/tensorstore wrap I/O faults (ValueError)

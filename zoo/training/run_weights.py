@@ -1,5 +1,4 @@
-"""Weights of a training run: its newest good checkpoint (orbax's, or an
-older zoo's arrays.npz, still readable for evaluation), or one checkpoint
+"""Weights of a training run: its newest good checkpoint, or one checkpoint
 directory. Used by `zoo eval --workdir` and `--weights DIR/checkpoints/step_N`.
 """
 from __future__ import annotations
@@ -34,9 +33,10 @@ def load_checkpoint(entry, path: str | os.PathLike):
 
 
 def _newest(workdir: str | os.PathLike, entry_for_config):
-  """(entry, params, model_state) from the newest checkpoint of a run that
-  loads and verifies (damaged ones are skipped with a warning), where
-  entry = entry_for_config(the run's resolved config)."""
+  """(entry, params, model_state, its directory) from the newest checkpoint
+  of a run that loads and verifies (damaged ones are skipped with a warning,
+  and left in place: evaluating changes nothing), where entry =
+  entry_for_config(the run's resolved config)."""
   manager = ckpt_lib.CheckpointManager(as_path(workdir) / "checkpoints")
   steps = manager.steps()
   if not steps:
@@ -47,7 +47,8 @@ def _newest(workdir: str | os.PathLike, entry_for_config):
   try:
     for step in reversed(steps):
       try:
-        return _load_step(manager, step, entry_for_config)
+        return (*_load_step(manager, step, entry_for_config),
+                manager.path(step))
       except ckpt_lib.CheckpointError as e:
         log.warning("skipping checkpoint: %s", e)
         errors.append(str(e))
@@ -58,34 +59,26 @@ def _newest(workdir: str | os.PathLike, entry_for_config):
 
 
 def _load_step(manager, step: int, entry_for_config):
-  """One checkpoint's entry and weights: orbax's, or an older zoo's
-  arrays.npz (still readable for evaluation)."""
-  path = manager.path(step)
-  if manager.is_legacy(step):
-    meta = ckpt_lib.verify_legacy(path)
-  else:
-    meta = manager.read_meta(step)
+  """One checkpoint's entry and weights."""
+  meta = manager.read_meta(step)
   if not isinstance(meta.get("config"), dict):
-    raise ckpt_lib.CheckpointError(f"{path} holds no config.")
+    raise ckpt_lib.CheckpointError(f"{manager.path(step)} holds no config.")
   entry = entry_for_config(meta["config"])
-  if manager.is_legacy(step):
-    params, model_state = weights.read(
-        entry, path / ckpt_lib.LEGACY_ARRAYS, str(path))
-  else:
-    # With train.ema_decay, the moving average is what the run evaluated.
-    params, model_state = manager.restore_weights(
-        step, *weights.template(entry),
-        params_key=("ema_params" if entry.config["train"].get("ema_decay")
-                    else "params"))
+  # With train.ema_decay, the moving average is what the run evaluated.
+  params, model_state = manager.restore_weights(
+      step, *weights.template(entry),
+      params_key=("ema_params" if entry.config["train"].get("ema_decay")
+                  else "params"))
   return entry, params, model_state
 
 
 def load_run(workdir: str | os.PathLike, entry_for_config):
   """Loads a run's newest good checkpoint once: returns (entry, params,
-  model_state), where entry = entry_for_config(the run's resolved config)."""
+  model_state, its directory), where entry = entry_for_config(the run's
+  resolved config)."""
   return _newest(workdir, entry_for_config)
 
 
 def from_workdir(entry, workdir: str | os.PathLike):
   """(params, model_state) from the newest good checkpoint of a run."""
-  return _newest(workdir, lambda config: entry)[1:]
+  return _newest(workdir, lambda config: entry)[1:3]

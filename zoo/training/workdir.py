@@ -96,6 +96,31 @@ def rmtree(path) -> None:
     path.rmtree()
 
 
+def move_tree(src, dest) -> None:
+  """Renames the directory `src` to `dest` (not existing). Local: one
+  rename. Remote, where a rename is a copy and a delete: every object is
+  copied, orbax's commit_success.txt files last, then the source deleted,
+  those first, so that a crash leaves a committed source or a committed
+  copy whole (orbax drops an uncommitted directory)."""
+  if isinstance(src, Path):
+    os.rename(src, dest)
+    return
+
+  def files(path, prefix=""):
+    for child in path.iterdir():
+      if child.is_dir():
+        yield from files(child, f"{prefix}{child.name}/")
+      else:
+        yield prefix + child.name
+  names = sorted(files(src), key=lambda n: n.endswith("commit_success.txt"))
+  for name in names:
+    (src / name).copy(dest / name)
+  for name in reversed(names):
+    if name.endswith("commit_success.txt"):
+      (src / name).unlink()
+  rmtree(src)
+
+
 def write_atomic(path, data: bytes) -> None:
   """Replaces the file `path` with `data`, never leaving it half-written:
   local, through a temporary file and a rename; remote, as one object
