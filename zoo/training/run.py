@@ -3,7 +3,6 @@ run's checkpoints (restore at start, refusing another config; save with the
 loop's bookkeeping)."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import sys
@@ -252,19 +251,13 @@ class RunCheckpoints:
             "params_sha256": params_sha256(state.params),
             "layout": self.layout(),
             "versions": versions()}
-    with self._save_errors(step):
-      self.last = str(self.manager.save(step, state, meta))
-
-  @contextlib.contextmanager
-  def _save_errors(self, step: int):
-    """A failed save as one WorkdirError naming the intact checkpoint."""
     after = (f"The last good checkpoint ({self.last}) is intact; fix that "
              "and re-run the same command to resume." if self.last
              else "No checkpoint was written yet.")
     what = f"save checkpoint step {step} in {self.manager.directory}"
     with fs_errors(what, after):
       try:
-        yield
+        self.last = str(self.manager.save(step, state, meta))
       except (ZooError, OSError):
         raise
       except Exception as e:  # orbax/tensorstore wrap I/O faults (ValueError)
