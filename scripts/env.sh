@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Helpers sourced by the set-up and test scripts: the real Fashion-MNIST from
-# Debian, a Python of a given minor version, and virtualenvs that install once
-# and again only when what they were made from changes.
+# Helpers sourced by the set-up and test scripts: the real Fashion-MNIST and
+# Chromium from Debian, a Python of a given minor version, and virtualenvs
+# that install once and again only when what they were made from changes.
 set -euo pipefail
 ZOO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -11,6 +11,15 @@ zoo_data() {  # the offline Fashion-MNIST (Debian's dataset-fashion-mnist)
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq \
       dataset-fashion-mnist >/dev/null
+  fi
+}
+
+zoo_chromium() {  # the browser docs/check_site.py drives (Debian's chromium)
+  if ! command -v chromium >/dev/null 2>&1; then
+    local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq \
+      chromium >/dev/null
   fi
 }
 

@@ -5,10 +5,15 @@
 #            fresh Python 3.12 venv: list, forward pass, one epoch, eval
 #   floor    Python 3.11 with the oldest supported releases
 #            (constraints/floor.txt), core install only: the smoke set
+#   docs     Python 3.13 with '.[docs]': the site built with sphinx -W, then
+#            every page opened in Debian's headless Chromium
+#            (docs/check_site.py: images, internal links, console, requests;
+#            its own tests first)
 #   full     Python 3.13 with the newest releases and every extra
 #            ('.[test]'): the whole suite (CPU, 8 virtual devices)
-# ZOO_TEST_STAGES picks stages (default "release floor full"); extra arguments
-# go to the full suite's pytest, e.g. `bash scripts/test.sh -k checkpoint`.
+# ZOO_TEST_STAGES picks stages (default "release floor docs full"); extra
+# arguments go to the full suite's pytest, e.g.
+# `bash scripts/test.sh -k checkpoint`.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ZOO_ROOT"
@@ -23,7 +28,7 @@ SMOKE=(zoo_tests/test_registry.py zoo_tests/test_models.py
 
 stage() { echo; echo "=== zoo tests: $* ($(date +%T))"; }
 
-for s in ${ZOO_TEST_STAGES:-release floor full}; do
+for s in ${ZOO_TEST_STAGES:-release floor docs full}; do
   case "$s" in
     release)
       stage "release: sdist -> wheel -> fresh Python 3.12 venv"
@@ -34,17 +39,28 @@ for s in ${ZOO_TEST_STAGES:-release floor full}; do
         'pytest>=8,<10' 'pytest-xdist>=3.5,<4'
       .venv-floor/bin/python -c 'import jax; print("floor: jax", jax.__version__)'
       # On JAX 0.7.0 the mesh strategy's BatchNorm CNN does not match one
-      # device's numbers (README, Install); jit and pmap do.
+      # device's numbers (docs/guides/getting_started.md, Install); jit and pmap do.
       .venv-floor/bin/python -m pytest "${SMOKE[@]}" -q -n "$workers" \
         --dist loadgroup -m "" -k "not savedmodel" --deselect \
         zoo_tests/test_train.py::test_mesh_trains_batchnorm_and_dropout_to_one_devices_numbers ;;
+    docs)
+      stage "docs: Python 3.13, '.[docs]', sphinx -W, every page in Chromium"
+      zoo_chromium
+      zoo_venv .venv-docs "$(zoo_python 3.13)" -e '.[docs]' 'pytest>=8,<10'
+      # The check itself first, on hand-made broken sites ('.[test]' has no
+      # Playwright, so the full stage skips this file).
+      .venv-docs/bin/python -m pytest zoo_tests/test_docs_site_check.py -q -m ""
+      .venv-docs/bin/python -m sphinx -W --keep-going -b html docs docs/_build/html
+      .venv-docs/bin/python docs/check_site.py docs/_build/html \
+        --screenshots docs/_build/screenshots \
+        --shoot models/cnn_fashion_mnist.html api.html ;;
     full)
       stage "full: Python 3.13, newest releases, every extra, whole suite"
       zoo_venv .venv-test "$(zoo_python 3.13)" -e '.[test]'
       .venv-test/bin/python -c 'import jax; print("full: jax", jax.__version__)'
       .venv-test/bin/python -m pytest zoo_tests -q -n "$workers" \
         --dist loadgroup -m "" "$@" ;;
-    *) echo "zoo: error: unknown ZOO_TEST_STAGES entry $s: use release, floor, full" >&2
+    *) echo "zoo: error: unknown ZOO_TEST_STAGES entry $s: use release, floor, docs, full" >&2
        exit 2 ;;
   esac
 done

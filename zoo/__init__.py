@@ -18,15 +18,24 @@ __all__ = ["get", "list_models", "register", "train", "evaluate",
 
 
 def train(name_or_entry, **kwargs):
-  """Trains a registered model and returns a TrainResult (params,
-  model_state, history, result); see zoo.training.loop.train for the
-  keyword arguments (workdir, data_dir, strategy, devices, progress, resume,
-  and config overrides such as epochs=2 or **{"optimizer.learning_rate": 3e-4})."""
+  """Trains a registered model and returns a `TrainResult` (params,
+  model_state, history, result).
+
+  The keyword arguments are those of `zoo.training.loop.train`: workdir,
+  data_dir, strategy, devices, progress, resume, your own data, and config
+  overrides such as `epochs=2` or `**{"optimizer.learning_rate": 3e-4}`.
+  """
   from zoo.training.loop import train as train_loop
   return train_loop(name_or_entry, **kwargs)
 
 
-def evaluate(name: str, params, state=None, **kwargs):
-  """Evaluates parameters on the model's test split; see zoo.training.evaluate."""
+def evaluate(name_or_entry, params, model_state=None, **kwargs):
+  """Evaluates `params` of a model (a name or a `ModelEntry`) on its test
+  split and returns the metrics dict ("accuracy", "loss", ...).
+
+  The keyword arguments are those of `zoo.training.evaluate.evaluate_model`:
+  data_dir, split, batch_size, and top_mistakes (which adds "confusion" and
+  "mistakes").
+  """
   from zoo.training.evaluate import evaluate_model
-  return evaluate_model(name, params, state, **kwargs)
+  return evaluate_model(name_or_entry, params, model_state, **kwargs)

@@ -71,7 +71,7 @@ class ModelEntry:
   """A registered model: everything needed to build, train and judge it.
 
   `init_with_state` / `apply_with_state` are the one interface for every
-  model, stateful or not:
+  model, stateful or not::
 
       params, model_state = entry.init_with_state(rng, images, is_training)
       logits, model_state = entry.apply_with_state(params, model_state, rng,
@@ -412,7 +412,8 @@ def _ensure_loaded() -> None:
 
 
 def list_models(pattern: str | None = None) -> list[str]:
-  """Sorted registered names, filtered by an fnmatch pattern ("*fashion*")."""
+  """Sorted registered names, filtered by an fnmatch pattern such as
+  `"*fashion*"`."""
   if pattern is not None and not isinstance(pattern, str):
     raise ConfigError(f"the pattern must be a string such as '*fashion*', got "
                       f"{pattern!r} ({type(pattern).__name__}).")
@@ -448,7 +449,7 @@ def with_config(entry: ModelEntry, overrides: Mapping[str, Any]) -> ModelEntry:
 
 def register(name: str, *, dataset: str, config: Mapping[str, Any] | None = None,
              stateful: bool = False):
-  """Decorator: registers a user architecture as model `name`.
+  """Decorator: registers a user architecture as model `name`::
 
       @zoo.register("tiny_mlp", dataset="fashion_mnist",
                     config={"train": {"epochs": 2}})

@@ -17,7 +17,8 @@ import pytest  # noqa: E402
 # 2-core machine: marked slow. A bare `pytest` leaves them out (setup.cfg);
 # `pytest -m ""` (the README's test command) runs everything.
 SLOW_FILES = {"test_pod.py", "test_multihost.py", "test_remote_workdir.py",
-              "test_bench.py"}
+              "test_bench.py", "test_docs_blocks.py",
+              "test_docs_site_check.py"}
 SLOW_TESTS = {
     "test_tfds_prepared_offline_from_debian_equals_idx", "test_short_training_run",
     "test_same_numbers_under_jit_pmap_and_mesh",

@@ -30,15 +30,15 @@ def train_speed():
 
 
 def test_train_speed_reports_every_column(train_speed, tmp_path, monkeypatch):
-  readme = tmp_path / "README.md"
+  readme = tmp_path / "performance.md"
   readme.write_text(f"before\n{train_speed.BEGIN}\nold table\n"
                     f"{train_speed.END}\nafter\n")
-  monkeypatch.setattr(train_speed, "README", readme)
+  monkeypatch.setattr(train_speed, "PAGE", readme)
   out = tmp_path / "bench.json"
   monkeypatch.setattr(sys, "argv", ["train_speed.py"])
   train_speed.main(["--models", "logreg_fashion_mnist", "cnn_fashion_mnist",
                     "--batch-sizes", "32", "--steps", "3", "--repeats", "1",
-                    "--json", str(out), "--readme"])
+                    "--json", str(out), "--docs"])
   result = json.loads(out.read_text())
   rows = {r["model"]: r for r in result["rows"]}
   assert set(rows) == {"logreg_fashion_mnist", "cnn_fashion_mnist"}
@@ -158,14 +158,14 @@ def test_augment_bench_times_both_sides_and_reports_the_ratio(tmp_path,
 def test_strategies_bench_times_pmap_and_mesh_on_the_same_runs(
     tmp_path, monkeypatch, capsys):
   bench = _load("strategies")
-  readme = tmp_path / "README.md"
+  readme = tmp_path / "performance.md"
   readme.write_text(f"before\n{bench.BEGIN}\nold table\n{bench.END}\nafter\n")
-  monkeypatch.setattr(bench.train_speed, "README", readme)
+  monkeypatch.setattr(bench.train_speed, "PAGE", readme)
   out = tmp_path / "strategies.json"
   monkeypatch.setattr(sys, "argv", ["strategies.py"])
   bench.main(["--models", "logreg_fashion_mnist", "cnn_fashion_mnist",
               "--batch-sizes", "32", "--devices", "2", "64", "--steps", "3",
-              "--repeats", "1", "--json", str(out), "--readme"])
+              "--repeats", "1", "--json", str(out), "--docs"])
   printed = capsys.readouterr().out
   assert "skipped device counts [64]" in printed  # more than this machine has
   rows = {r["model"]: r for r in json.loads(out.read_text())["rows"]}

@@ -1,6 +1,6 @@
 """`zoo export`: every architecture's shipped weights as a jax.export
 (StableHLO) artifact and a TF SavedModel, each run by a program that can
-import neither zoo nor Haiku (the README's consumer snippets, near verbatim)
+import neither zoo nor Haiku (the export guide's consumer snippets, near verbatim)
 and giving entry.apply_with_state's logits at two batch sizes; their JSON;
 atomic writes; and the command's one-line errors."""
 import json
@@ -36,8 +36,9 @@ needs_savedmodel = pytest.mark.skipif(
     not SAVEDMODEL_RUNS, reason=f"TensorFlow cannot run a SavedModel of JAX "
     f"{jax.__version__} (test_savedmodel_refused_where_tf_cannot_run_it)")
 
-# The README's consumer snippets ("Use the weights elsewhere: export"); the
-# consumer runs them with the path and the images replaced.
+# The export guide's consumer snippets (docs/guides/export.md, verbatim:
+# test_the_export_guide_shows_these_snippets); the consumer runs them with
+# the path and the images replaced.
 PATH_HLO = "cnn_fashion_mnist.stablehlo"
 PATH_SM = "cnn_fashion_mnist_savedmodel"
 RANDOM_IMAGES = "np.random.rand(8, 28, 28, 1).astype(np.float32)"
@@ -449,3 +450,9 @@ def test_model_without_a_symbolic_batch_is_a_clear_error(tmp_path):
     assert list(tmp_path.iterdir()) == []
   finally:
     registry.unregister("fixed_batch_export_test")
+
+
+def test_the_export_guide_shows_these_snippets():
+  guide = (Path(__file__).resolve().parents[1] / "docs" / "guides" /
+           "export.md").read_text()
+  assert SNIPPET_STABLEHLO in guide and SNIPPET_SAVEDMODEL in guide

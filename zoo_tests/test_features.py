@@ -163,7 +163,7 @@ def test_module_without_features_says_how_to_add_one():
     registry.unregister("no_features_tmp")
 
 
-# The README's example (section "Features and linear probes"), verbatim.
+# The docs' example (docs/guides/pretrained.md, "A linear probe"), verbatim.
 README_EXAMPLE = '''\
 import jax, jax.numpy as jnp, optax, zoo
 from zoo import data, registry
@@ -205,10 +205,10 @@ print(f"linear probe: CNN features {features:.1%}, raw pixels {pixels:.1%}")
 
 
 def test_linear_probe_on_cnn_features_beats_pixels(capsys):
-  """The README example on real data: 2,000 training images, 1,000 test
+  """The docs' example on real data: 2,000 training images, 1,000 test
   images, the same probe on frozen pretrained CNN features and on pixels."""
   namespace = {}
-  exec(compile(README_EXAMPLE, "README example", "exec"), namespace)
+  exec(compile(README_EXAMPLE, "docs example", "exec"), namespace)
   features, pixels = namespace["features"], namespace["pixels"]
   out = capsys.readouterr().out
   assert re.fullmatch(r"linear probe: CNN features \d+\.\d%, raw pixels "
@@ -221,9 +221,7 @@ def test_linear_probe_on_cnn_features_beats_pixels(capsys):
   assert features > pixels + 0.05, (features, pixels)
 
 
-def test_readme_shows_the_probe_example():
-  """Once the README has the example, it is the one tested above."""
-  readme = (REPO / "README.md").read_text()
-  if "Features and linear probes" not in readme:
-    pytest.skip("README.md has no 'Features and linear probes' section yet")
-  assert README_EXAMPLE in readme
+def test_docs_show_the_probe_example():
+  """The example on the pretrained-weights guide is the one tested above."""
+  guide = (REPO / "docs" / "guides" / "pretrained.md").read_text()
+  assert README_EXAMPLE in guide

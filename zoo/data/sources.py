@@ -87,19 +87,31 @@ def load(dataset: str, split: str = "train", *,
          system_dirs: Sequence[str] | None = None) -> Split:
   """Loads `split` of `dataset` ("mnist", "fashion_mnist", "kmnist", "cifar10").
 
-  split: "train", "test", or TFDS slicing like "train[:90%]", "train[:1000]+test".
-  data_dir: a TFDS data dir and/or a folder with IDX files (like --data-dir).
-    An explicit choice: it must exist, and it is the only place searched
-    (then downloaded into, if allowed); $ZOO_DATA_DIR, $TFDS_DATA_DIR and the
-    system folders are searched only without it.
-  classes: e.g. (7, 9) keeps only those classes, relabelled 0..k-1 in that order.
-  download: allow TFDS to download (network) when nothing local is found.
-  system_dirs: IDX folders installed system-wide; default: the catalog's
-    (e.g. /usr/share/datasets/fashion-mnist). Pass () to ignore them.
   Every source's images and labels are checked (dtype, shape, labels in
   0..num_classes-1) before they are returned or cached.
-  Raises DataNotFoundError (listing every place looked), CorruptDataError,
-  SplitError, UnknownDatasetError; all are zoo.errors.ZooError.
+
+  Args:
+    dataset: A catalog dataset name.
+    split: "train", "test", or TFDS slicing like "train[:90%]",
+      "train[:1000]+test".
+    data_dir: A TFDS data dir and/or a folder with IDX files (like
+      --data-dir). An explicit choice: it must exist, and it is the only
+      place searched (then downloaded into, if allowed); $ZOO_DATA_DIR,
+      $TFDS_DATA_DIR and the system folders are searched only without it.
+    classes: E.g. (7, 9) keeps only those classes, relabelled 0..k-1 in that
+      order.
+    download: Allow TFDS to download (network) when nothing local is found.
+    system_dirs: IDX folders installed system-wide; default: the catalog's
+      (e.g. /usr/share/datasets/fashion-mnist). Pass () to ignore them.
+
+  Returns:
+    A Split: uint8 NHWC `images` and int32 `labels`, in TFDS's order.
+
+  Raises:
+    DataNotFoundError: Nothing found; the message lists every place looked.
+    CorruptDataError: A file or cache entry fails its checks.
+    SplitError: A split string TFDS would not accept, or an empty split.
+    UnknownDatasetError: A dataset not in the catalog.
   """
   info = catalog.get(dataset)
   counts = dict(info.num_examples)

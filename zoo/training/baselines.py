@@ -90,39 +90,31 @@ def record(name: str, baseline: dict[str, Any]) -> None:
     cards.write(registry.get(name), baseline)
 
 
-def _available(dataset: str) -> bool:
-  """Whether `dataset` can be loaded on this machine without a download."""
-  from zoo import data
-  try:
-    data.load(dataset, "test", download=False)
-    return True
-  except (data.DataNotFoundError, data.CorruptDataError):
-    return False
-
-
 def table(baselines: dict[str, Any], names: list[str],
           curves_dir: Path | None = None, readme_dir: Path | None = None
           ) -> str:
-  """The README's Markdown table, one row per registered model; a curve is
-  linked when `curves_dir` holds one (relative to `readme_dir`). No speed
-  column: images/s during a baseline run depend on what else the machine
-  ran, so speed is reported only by bench/train_speed.py's block."""
+  """The README's Markdown table, one row per measured model (the docs'
+  model pages list every registered one). A model links to its page
+  `docs/models/<name>.md` and its curve in `curves_dir` where the README's
+  folder (`readme_dir`) holds them. No speed column: images/s during a
+  baseline run depend on what else the machine ran, so speed is reported
+  only by bench/train_speed.py's block."""
+  here = Path(readme_dir or Path.cwd())
   rows = ["| model | test accuracy (mean ± std) | test loss | seeds | epochs "
           "| device | reproduce | curve |",
           "|---|---:|---:|---:|---:|---|---|---|"]
   for name in names:
     b = baselines.get(name)
     if not b:
-      dataset = registry.get(name).dataset
-      why = ("not measured yet" if _available(dataset) else
-             f"not measured here ({dataset} is not reachable here)")
-      rows.append(f"| `{name}` | {why} | | | | | `{command(name, 3)}` | |")
       continue
+    page = here / "docs" / "models" / f"{name}.md"
+    model = (f"[`{name}`]({os.path.relpath(page, here)})" if page.exists()
+             else f"`{name}`")
     png = Path(curves_dir) / f"{name}.png" if curves_dir else None
-    curve = (f"[png]({os.path.relpath(png, readme_dir or Path.cwd())})"
+    curve = (f"[png]({os.path.relpath(png, here)})"
              if png is not None and png.exists() else "")
     rows.append(
-        f"| `{name}` | {100 * b['test_accuracy_mean']:.2f}% ± "
+        f"| {model} | {100 * b['test_accuracy_mean']:.2f}% ± "
         f"{100 * b['test_accuracy_std']:.2f} | {b['test_loss_mean']:.4f} | "
         f"{b['seeds']} | {b['epochs']} | {b['devices']}x {b['device_kind']} ({b['machine']}) | "
         f"`{b['command']}` | {curve} |")

@@ -56,7 +56,7 @@ def plot_confusion(confusion: Sequence[Sequence[int]],
   ax.set_yticks(range(n), class_names)
   acc = np.trace(counts) / max(counts.sum(), 1)
   ax.set(xlabel="predicted class", ylabel="true class",
-         title=f"{title}: {counts.sum()} examples, accuracy {acc:.2%}")
+         title=f"{title}\n{counts.sum()} examples, accuracy {acc:.2%}")
   fig.tight_layout()
   return _save(fig, path)
 

@@ -60,7 +60,7 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
   runs), the run writes config.json, metrics.jsonl, result.json,
   learning_curve.png and checkpoints/, and re-running on the same workdir
   resumes from the newest good checkpoint; `resume=False` starts over,
-  deleting its checkpoints. `progress`: "bar" (True), "lines" (one flushed
+  moving its checkpoints to `previous_checkpoints`. `progress`: "bar" (True), "lines" (one flushed
   line per epoch as it ends) or False; by default a bar on a terminal,
   lines otherwise.
 
