@@ -642,6 +642,9 @@ def evaluate_for_images(name: str, out_dir: Path) -> None:
     subprocess.run([sys.executable, "-m", "zoo.cli", *args, tmp], check=True,
                    cwd=REPO, env=env, stdout=subprocess.DEVNULL)
     result = json.loads((Path(tmp) / "eval.json").read_text())
+    if result["params_sha256"] != digest:
+      raise SystemExit(f"{name}: zoo eval evaluated params_sha256 "
+                       f"{result['params_sha256']}, not the shipped {digest}")
     shutil.copyfile(Path(tmp) / "eval_confusion.png",
                     out_dir / files["confusion"])
     shutil.copyfile(Path(tmp) / "eval_mistakes.png",

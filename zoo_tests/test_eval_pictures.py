@@ -110,20 +110,26 @@ def test_eval_json_says_which_weights_it_evaluated(tmp_path, capsys):
   [step] = (run / "checkpoints").glob("step_*")
   assert int(step.name[5:]) == 3
   file = pretrained.path("logreg_fashion_mnist")
+  trained = json.loads((run / "result.json").read_text())["params_sha256"]
+  shipped = zoo.get("logreg_fashion_mnist").baseline["params_sha256_seed0"]
   for source, want in ((["--workdir", str(run)], {"weights": str(step),
-                                                   "step": 3}),
+                                                   "step": 3,
+                                                   "params_sha256": trained}),
                        (["--weights", str(step)], {"weights": str(step),
-                                                   "step": 3}),
-                       (["--weights", "pretrained"], {"weights": "pretrained"}),
-                       (["--weights", str(file)], {"weights": str(file)})):
+                                                   "step": 3,
+                                                   "params_sha256": trained}),
+                       (["--weights", "pretrained"], {"weights": "pretrained",
+                                                      "params_sha256": shipped}),
+                       (["--weights", str(file)], {"weights": str(file),
+                                                   "params_sha256": shipped})):
     out = tmp_path / f"out{len(source[1])}"
     assert cli.main(["eval", "logreg_fashion_mnist", *source, "--split",
                      "test[:100]", "--mistakes", "0", "--out", str(out)]) == 0
     printed = json.loads(capsys.readouterr().out)
     saved = json.loads((out / "eval.json").read_text())
     for res in (printed, saved):
-      assert {k: res.get(k) for k in ("weights", "step")} == {
-          "step": None, **want}, source
+      assert {k: res.get(k) for k in ("weights", "step", "params_sha256")
+              } == {"step": None, **want}, source
 
 
 @pytest.mark.parametrize("devices", [1, 3, 8])

@@ -1,8 +1,8 @@
 """`zoo eval NAME (--workdir DIR | --weights pretrained|FILE|DIR) [--out DIR]`: evaluate
 saved parameters on the test split (or --split), print the metrics as JSON
 and write them, with two pictures, into --out: eval.json (the printed
-metrics, with "weights", the path evaluated or "pretrained", and "step" for
-a checkpoint, plus "confusion", rows true class and columns predicted, and
+metrics, with "weights", the path evaluated or "pretrained", "step" for
+a checkpoint and the "params_sha256" of the parameters evaluated, plus "confusion", rows true class and columns predicted, and
 "mistakes", the most confident wrong predictions),
 eval_confusion.png and eval_mistakes.png."""
 from __future__ import annotations
@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
   --workdir the run's own resolved config is used (model settings, test
   split, classes, eval batch), so the accuracy is result.json's."""
   from zoo.training.evaluate import evaluate_model
+  from zoo.training.fingerprint import params_sha256
   if not args.weights and not args.workdir:
     raise config_lib.ConfigError(
         "zoo eval needs --workdir DIR (a zoo train run) or --weights "
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
   res["mistakes"] = res["mistakes"][:max(args.mistakes, 0)]
   res["split"] = args.split or entry.config["data"]["test_split"]
   res.update(source)  # which weights: "pretrained", a file, or step N's
+  res["params_sha256"] = params_sha256(params)  # and exactly which numbers
   import jax
   if jax.process_index() == 0:
     res["files"] = write_outputs(entry, res, args.out or args.workdir or ".",

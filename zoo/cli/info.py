@@ -17,7 +17,8 @@ def add(sub) -> None:
 
 
 def layer_summary(entry) -> list[tuple[str, str, int]]:
-  """(module, parameter shapes, count) per Haiku module, in init order."""
+  """(module, parameter shapes, count) per Haiku module, sorted by module
+  name as Haiku returns the parameters."""
   import jax
   params, _ = jax.eval_shape(entry.init_with_state, jax.random.PRNGKey(0),
                              entry.example_input())
