@@ -15,7 +15,6 @@ tell a stale page from a current one.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -163,11 +162,6 @@ def output_text(entry) -> str:
             f"{names[1]}, otherwise {names[0]}")
   return (f"(batch, {entry.num_classes}) logits, in this class order: "
           + ", ".join(names))
-
-
-def shipped(entry) -> dict | None:
-  """The weight card of `entry`'s shipped weights, None if none ship."""
-  return shipped_card(entry)
 
 
 def curve_path(name: str) -> str:
@@ -497,7 +491,7 @@ def notes_section(name: str) -> str:
 def render_page(name: str) -> str:
   """The Markdown page of registered model `name`."""
   entry = zoo.get(name)
-  card = shipped(entry)
+  card = shipped_card(entry)
   rows = layer_summary(entry)
   return "\n".join(part for part in [
       f"# {name}\n",
@@ -519,7 +513,7 @@ def index_row(name: str) -> list[str]:
               f"{100 * b['test_accuracy_std']:.2f}" if b else "—")
   return [f"[`{name}`]({name}.md)", f"`{entry.arch}`",
           f"{entry.param_count():,}", dataset_title(entry), accuracy,
-          "yes" if shipped(entry) else "no"]
+          "yes" if shipped_card(entry) else "no"]
 
 
 def render_index(names: list[str]) -> str:
@@ -581,11 +575,6 @@ def page_problems(out_dir: Path, pages: dict[str, str]) -> list[str]:
   return problems
 
 
-def file_sha256(path: Path) -> str:
-  """sha256 of a file's bytes."""
-  return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def image_record(name: str, out_dir: Path) -> dict | None:
   """What images/<name>.json says the pictures were made from."""
   path = out_dir / image_paths(name)["record"]
@@ -597,7 +586,7 @@ def image_problems(out_dir: Path) -> list[str]:
   weights than the ones shipped now."""
   problems = []
   for name in zoo.list_models():
-    card = shipped(zoo.get(name))
+    card = shipped_card(zoo.get(name))
     if not card:
       continue
     files = image_paths(name)
@@ -606,7 +595,7 @@ def image_problems(out_dir: Path) -> list[str]:
     record = image_record(name, out_dir)
     if record and (record["params_sha256"] != card["weights"]["params_sha256"]
                    or record["weights_sha256"] !=
-                   file_sha256(pretrained.path(name))):
+                   pretrained.sha256(pretrained.path(name))):
       problems.append(f"stale images: {files['record']} records other "
                       "weights than the shipped ones")
   return problems + extra_images(out_dir)
@@ -615,7 +604,8 @@ def image_problems(out_dir: Path) -> list[str]:
 def extra_images(out_dir: Path) -> list[str]:
   """Files under images/ that belong to no model with shipped weights."""
   wanted = {Path(f).name for name in zoo.list_models()
-            if shipped(zoo.get(name)) for k, f in image_paths(name).items()}
+            if shipped_card(zoo.get(name))
+            for f in image_paths(name).values()}
   folder = out_dir / IMAGES
   found = sorted(folder.iterdir()) if folder.is_dir() else []
   return [f"extra image: {IMAGES}/{p.name}" for p in found
@@ -625,12 +615,7 @@ def extra_images(out_dir: Path) -> list[str]:
 def evaluate_for_images(name: str, out_dir: Path) -> None:
   """Runs `zoo eval NAME --weights pretrained` on the test split and keeps
   its two pictures and a record of the weights and accuracy behind them."""
-  from zoo.training.fingerprint import params_sha256
-  entry = zoo.get(name, pretrained=True)
-  digest = params_sha256(entry.params)
-  if digest != entry.weights_card["weights"]["params_sha256"]:
-    raise SystemExit(f"{name}: the shipped weights' params_sha256 {digest} "
-                     "differs from their card's")
+  digest = shipped_card(zoo.get(name))["weights"]["params_sha256"]
   files = image_paths(name)
   (out_dir / IMAGES).mkdir(parents=True, exist_ok=True)
   args = ["eval", name, "--weights", "pretrained", "--mistakes",
@@ -644,7 +629,8 @@ def evaluate_for_images(name: str, out_dir: Path) -> None:
     result = json.loads((Path(tmp) / "eval.json").read_text())
     if result["params_sha256"] != digest:
       raise SystemExit(f"{name}: zoo eval evaluated params_sha256 "
-                       f"{result['params_sha256']}, not the shipped {digest}")
+                       f"{result['params_sha256']}, not the {digest} of the "
+                       "shipped weights' card")
     shutil.copyfile(Path(tmp) / "eval_confusion.png",
                     out_dir / files["confusion"])
     shutil.copyfile(Path(tmp) / "eval_mistakes.png",
@@ -652,7 +638,7 @@ def evaluate_for_images(name: str, out_dir: Path) -> None:
   record = {
       "model": name,
       "weights": f"zoo/pretrained/{name}.npz",
-      "weights_sha256": file_sha256(pretrained.path(name)),
+      "weights_sha256": pretrained.sha256(pretrained.path(name)),
       "params_sha256": digest,
       "command": " ".join(["zoo", *args, "DIR"]),
       "split": result["split"],
@@ -686,7 +672,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if problems else 0
   if args.images:
     for name in zoo.list_models():
-      if shipped(zoo.get(name)):
+      if shipped_card(zoo.get(name)):
         print(f"evaluating {name} ...", flush=True)
         evaluate_for_images(name, args.out)
   for line in write(args.out, pages):
