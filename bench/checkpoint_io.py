@@ -1,10 +1,12 @@
-"""Checkpoint save and restore time: zoo's orbax checkpoints against the
-.npz format zoo wrote before (written and read the same way, in the same
-run), for the training state of a few models (parameters + optimizer).
+"""Checkpoint save and restore time: zoo's orbax checkpoints against a
+plain safetensors file of the same training state (parameters + optimizer,
+flattened with jax.tree_util.keystr paths as keys), written atomically like
+zoo's own files are (sha256, fsync, rename into place) and read back
+into the tree, in the same run, for a few models.
 
     python bench/checkpoint_io.py [--models ...] [--repeats 5]
 
-Prints best-of-N seconds and the ratio orbax / npz for each.
+Prints best-of-N seconds and the ratio orbax / safetensors for each.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import safetensors.numpy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -37,22 +40,37 @@ def state_of(name: str):
   return jax.tree.map(np.asarray, jax.device_get(init_state(entry, tx, 0)))
 
 
-def npz_save(directory: Path, step: int, state) -> Path:
-  """The previous format: arrays.npz + sha256, fsynced, renamed into place."""
+def flatten(tree) -> dict[str, np.ndarray]:
+  """{keystr path: contiguous numpy leaf} of a pytree."""
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(p): np.asarray(leaf, order="C")
+          for p, leaf in flat}
+
+
+def st_save(directory: Path, step: int, state) -> Path:
+  """state.safetensors + its sha256, fsynced, renamed into place."""
   tmp = Path(tempfile.mkdtemp(dir=directory))
-  ckpt_lib.write_npz(tmp / "arrays.npz", ckpt_lib.flatten(state))
-  hashlib.sha256((tmp / "arrays.npz").read_bytes()).hexdigest()
-  with (tmp / "arrays.npz").open("rb") as f:
+  safetensors.numpy.save_file(flatten(state), str(tmp / "state.safetensors"))
+  hashlib.sha256((tmp / "state.safetensors").read_bytes()).hexdigest()
+  with (tmp / "state.safetensors").open("rb") as f:
     os.fsync(f.fileno())
   final = directory / f"step_{step:09d}"
   os.replace(tmp, final)
   return final
 
 
-def npz_restore(path: Path, state):
-  hashlib.sha256((path / "arrays.npz").read_bytes()).hexdigest()
-  arrays = ckpt_lib.read_npz(path / "arrays.npz", ckpt_lib.specs(state))
-  return ckpt_lib.unflatten(state, arrays, str(path))
+def st_restore(path: Path, state):
+  """The tree back from st_save's file, every key, shape and dtype checked."""
+  hashlib.sha256((path / "state.safetensors").read_bytes()).hexdigest()
+  arrays = safetensors.numpy.load_file(str(path / "state.safetensors"))
+  flat, treedef = jax.tree_util.tree_flatten_with_path(state)
+  assert arrays.keys() == {jax.tree_util.keystr(p) for p, _ in flat}
+  leaves = []
+  for p, leaf in flat:
+    got = arrays[jax.tree_util.keystr(p)]
+    assert got.shape == np.shape(leaf) and got.dtype == np.asarray(leaf).dtype
+    leaves.append(got)
+  return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 def best(fn, repeats: int) -> float:
@@ -69,35 +87,36 @@ def main(argv=None) -> None:
   parser.add_argument("--models", nargs="+", default=list(MODELS))
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args(argv)
-  print("| model | state MB | npz save s | orbax save s | save orbax/npz "
-        "| npz restore s | orbax restore s | restore orbax/npz |")
+  print("| model | state MB | safetensors save s | orbax save s "
+        "| save orbax/safetensors | safetensors restore s | orbax restore s "
+        "| restore orbax/safetensors |")
   print("|---|---:|---:|---:|---:|---:|---:|---:|")
   for name in args.models:
     state = state_of(name)
     mb = sum(x.nbytes for x in jax.tree.leaves(state)) / 2**20
     root = Path(tempfile.mkdtemp(prefix="zoo-ckpt-bench-"))
     try:
-      (root / "npz").mkdir()
+      (root / "st").mkdir()
       manager = ckpt_lib.CheckpointManager(root / "orbax", keep=2)
       steps = iter(range(1, 10**6))
       # Interleaved: one save of each per round, then restores likewise.
-      saves = {"npz": [], "orbax": []}
+      saves = {"st": [], "orbax": []}
       for _ in range(args.repeats):
-        saves["npz"].append(best(lambda: npz_save(root / "npz", next(steps),
-                                                  state), 1))
+        saves["st"].append(best(lambda: st_save(root / "st", next(steps),
+                                                state), 1))
         saves["orbax"].append(best(lambda: manager.save(next(steps), state,
                                                         {"note": 0}), 1))
-      npz_path = sorted((root / "npz").iterdir())[-1]
+      st_path = sorted((root / "st").iterdir())[-1]
       last = manager.steps()[-1]
-      loads = {"npz": [], "orbax": []}
+      loads = {"st": [], "orbax": []}
       for _ in range(args.repeats):
-        loads["npz"].append(best(lambda: npz_restore(npz_path, state), 1))
+        loads["st"].append(best(lambda: st_restore(st_path, state), 1))
         loads["orbax"].append(best(lambda: manager.restore(last, state), 1))
       manager.close()
     finally:
       shutil.rmtree(root, ignore_errors=True)
-    s_n, s_o = min(saves["npz"]), min(saves["orbax"])
-    l_n, l_o = min(loads["npz"]), min(loads["orbax"])
+    s_n, s_o = min(saves["st"]), min(saves["orbax"])
+    l_n, l_o = min(loads["st"]), min(loads["orbax"])
     print(f"| `{name}` | {mb:.1f} | {s_n:.3f} | {s_o:.3f} | {s_o / s_n:.2f} "
           f"| {l_n:.3f} | {l_o:.3f} | {l_o / l_n:.2f} |", flush=True)
 

@@ -30,7 +30,8 @@ if str(REPO) not in sys.path:
 
 import zoo  # noqa: E402
 from zoo import cards, pretrained  # noqa: E402
-from zoo.cli.info import layer_summary, shipped_card  # noqa: E402
+from zoo.cli.info import layer_summary  # noqa: E402
+from zoo.pretrained import shipped_card  # noqa: E402
 from zoo.data import catalog  # noqa: E402
 
 OUT_DIR = REPO / "docs" / "models"
@@ -435,7 +436,7 @@ def load_section(entry, card) -> str:
 def numpy_code(entry, card) -> str:
   """The card's load-without-zoo lines, made runnable on the shipped file."""
   return ("from zoo import pretrained\n\n"
-          f"path = pretrained.path({py(entry.name)})  # the shipped .npz\n"
+          f"path = pretrained.path({py(entry.name)})  # the shipped model.safetensors\n"
           + "\n".join(card["weights"]["load_without_zoo"]) + "\n"
           "print(sorted(params))\n")
 
@@ -461,15 +462,16 @@ def weights_section(entry, card) -> str:
   ]
   return "\n".join([
       "## Weights and license\n",
-      f"The file is pickle-free `.npz` (a zip of `.npy` arrays); its weight "
-      f"card `zoo/pretrained/{entry.name}.json` "
-      "(`entry.weights_card`) records the input, output, evaluation, "
-      "hardware, versions and licenses.\n",
+      f"The weights are a safetensors file in a Hub-style folder, "
+      f"`zoo/pretrained/{entry.name}/` (`model.safetensors`, `config.json`, "
+      "`README.md`); its weight card (`entry.weights_card`, in config.json "
+      "and, with Hub metadata, in README.md) records the input, output, "
+      "evaluation, hardware, versions and licenses.\n",
       table(["field", "value"], rows),
-      "`params_sha256` is `zoo.training.fingerprint.params_sha256` of the "
+      "`params_sha256` is `zoo.fingerprint.params_sha256` of the "
       "parameters. The card:\n",
       fence("bash", f"zoo info {entry.name} --card"),
-      "With numpy alone (zoo only finds the file here):\n",
+      "With the safetensors library alone (zoo only finds the file here):\n",
       fence("python", numpy_code(entry, card)),
   ])
 
@@ -637,7 +639,7 @@ def evaluate_for_images(name: str, out_dir: Path) -> None:
                     out_dir / files["mistakes"])
   record = {
       "model": name,
-      "weights": f"zoo/pretrained/{name}.npz",
+      "weights": f"zoo/pretrained/{name}/model.safetensors",
       "weights_sha256": pretrained.sha256(pretrained.path(name)),
       "params_sha256": digest,
       "command": " ".join(["zoo", *args, "DIR"]),

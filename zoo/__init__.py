@@ -8,13 +8,31 @@ Importing zoo does no device work; everything heavy is imported on use.
 """
 from zoo.errors import (ConfigError, InputError, UnknownConfigKeyError,
                         UnknownModelError, ZooError)
-from zoo.registry import ModelEntry, get, list_models, register
+from zoo import registry as _registry
+from zoo.registry import ModelEntry, list_models, register
 
 __version__ = "0.1.0"
 
 __all__ = ["get", "list_models", "register", "train", "evaluate",
            "ModelEntry", "ZooError", "ConfigError", "InputError",
            "UnknownConfigKeyError", "UnknownModelError"]
+
+
+def get(name: str, *, pretrained=False, **model_overrides) -> ModelEntry:
+  """The registered model `name`, with `model_overrides` applied to its
+  `[model]` config (e.g. activation="gelu", hidden_sizes=(512, 256)).
+
+  `pretrained` reads weights into `.params` and `.model_state`: True for the
+  shipped ones, a model folder's path (zoo export NAME --format hub writes
+  one), or a Hugging Face Hub repo id ("owner/name", "owner/name@revision"),
+  fetched through huggingface_hub (pip install 'zoo[hub]'). Without it no
+  weights are read.
+  """
+  entry = _registry.get(name, **model_overrides)
+  if pretrained is False or pretrained is None:
+    return entry
+  from zoo import pretrained as pretrained_lib
+  return pretrained_lib.attach(entry, pretrained)
 
 
 def train(name_or_entry, **kwargs):

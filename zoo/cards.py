@@ -1,28 +1,29 @@
-"""Weight cards: what a shipped weights file is, and how to use it anywhere.
+"""Weight cards: what a weights file is, and how to use it anywhere.
 
-A card is a plain JSON-serialisable dict, written beside the weights as
-zoo/pretrained/<name>.json and attached to `zoo.get(name,
-pretrained=True).weights_card`. It says what a user of the file needs and
-cannot see in the arrays: the input the weights expect (shape, NHWC layout,
-float32 in [0, 1] and how to get there from uint8), what the outputs mean
-(class names in logit order; for a binary model what logit > 0 means), how
-good these weights are (their test accuracy and loss, and the spread of the
-baseline over seeds), how to reproduce them (command, hardware, versions),
-how to check them (file and parameter sha256), how to load them without zoo,
-and their licenses (the weights' and the training data's).
+A card is a plain JSON-serialisable dict, kept in a model folder's
+config.json (zoo.hub) and, in words with Hub metadata front matter, in its
+README.md; `zoo.get(name, pretrained=...).weights_card` reads it. It says
+what a user of the file needs and cannot see in the arrays: the input the
+weights expect (shape, NHWC layout, float32 in [0, 1] and how to get there
+from uint8), what the outputs mean (class names in logit order; for a
+binary model what logit > 0 means), how good these weights are (their test
+accuracy and loss, and the spread of the baseline over seeds), how to
+reproduce them (command, hardware, versions), how to check them (file and
+parameter sha256), how to load them without zoo, and their licenses (the
+weights' and the training data's).
 
 `build` derives every field from the model's config and its record in
 zoo/baselines.json, so a card cannot drift from either: `zoo baselines`
 writes it whenever it ships weights, a test checks each shipped card is
-exactly what `build` gives now, and `python -m zoo.cards` rewrites them all.
+exactly what `build` gives now, and `python -m zoo.pretrained` rewrites
+them all.
+Weights zoo did not measure (an export of your own run) get a card without
+the measured parts.
 """
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
-from pathlib import Path
 from typing import Any, Mapping
 
 CARD_VERSION = 1
@@ -42,15 +43,16 @@ DATASET_LICENSES: dict[str, dict[str, str]] = {
 }
 
 # Python lines that load a weights file at `path` into Haiku's nested dicts
-# with numpy alone (a test runs them).
+# with the safetensors library alone (a test runs them as the card shows
+# them).
 LOAD_WITHOUT_ZOO = [
-    "import re, numpy as np",
-    "arrays = np.load(path)  # allow_pickle=False, numpy's default, suffices",
+    "from safetensors.numpy import load_file",
+    "arrays = load_file(path)  # {'<module>/<name>': array}; nothing to unpickle",
     "tree = {'params': {}, 'model_state': {}}",
-    "for key in arrays.files:  # e.g. \"params['<module>']['<name>']\"",
-    "  part, module, name = re.fullmatch("
-    "r\"(\\w+)\\['([^']+)'\\]\\['([^']+)'\\]\", key).groups()",
-    "  tree[part].setdefault(module, {})[name] = arrays[key]",
+    "for key, array in arrays.items():",
+    "  part = 'model_state' if key.startswith('model_state/') else 'params'",
+    "  module, name = key.removeprefix('model_state/').rsplit('/', 1)",
+    "  tree[part].setdefault(module, {})[name] = array",
     "params, model_state = tree['params'], tree['model_state']",
 ]
 
@@ -64,12 +66,6 @@ FEATURES: dict[str, str] = {
     "vit": "the CLS token after the final LayerNorm",
     "logistic": "the input itself, flattened",
 }
-
-
-def path(name: str) -> Path:
-  """Where model `name`'s card ships: beside its weights."""
-  from zoo import pretrained
-  return pretrained.PRETRAINED_DIR / f"{name}.json"
 
 
 # A JSON list of numbers (or "batch"), as json.dumps(indent=1) spreads it.
@@ -88,36 +84,20 @@ def dumps(card: Mapping[str, Any]) -> str:
   return text + "\n"
 
 
-def load(name: str) -> dict[str, Any]:
-  """The shipped card of model `name`."""
-  return json.loads(path(name).read_text(encoding="utf-8"))
-
-
-def write(entry, baseline: Mapping[str, Any] | None = None) -> Path:
-  """Builds `entry`'s card and writes it beside its weights, atomically."""
-  target = path(entry.name)
-  target.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json",
-                             dir=target.parent)
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(dumps(build(entry, baseline)))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, target)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
-  return target
-
-
-def build(entry, baseline: Mapping[str, Any] | None = None) -> dict[str, Any]:
-  """The weights card of `entry`'s shipped weights.
+def build(entry, baseline: Mapping[str, Any] | None = None, *,
+          file_sha256: str | None = None,
+          params_sha256: str | None = None) -> dict[str, Any]:
+  """The weights card of `entry`'s weights.
 
   Args:
     entry: The registered model (zoo.get(name)).
     baseline: Its record as in zoo/baselines.json (default: `entry.baseline`;
-      `zoo baselines` passes the one it is recording). Must hold the
-      `pretrained` record of shipped weights.
+      `zoo baselines` passes the one it is recording). Its `pretrained`
+      record describes the shipped weights.
+    file_sha256, params_sha256: The digests of the file the card goes with
+      (default: the shipped file's, from the record). Weights whose
+      params_sha256 is not the record's are not the measured ones: their
+      card has no evaluation, baseline, hardware or versions.
 
   Returns:
     A dict of JSON types only (lists, not tuples), equal to its own JSON
@@ -125,35 +105,45 @@ def build(entry, baseline: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """
   from zoo.errors import ZooError
   b = baseline if baseline is not None else entry.baseline
-  if not b or not b.get("pretrained"):
-    raise ZooError(f"{entry.name} ships no weights (its baseline has no "
-                   "pretrained record), so it has no weights card.")
   # As zoo/baselines.json stores it (sorted keys, lists), whether `baseline`
   # was just measured or read back, so both give the same text.
-  b = json.loads(json.dumps(b, sort_keys=True))
-  p = b["pretrained"]
-  config = b.get("config") or json.loads(json.dumps(entry.config,
-                                                    sort_keys=True))
+  b = json.loads(json.dumps(b or {}, sort_keys=True))
+  measured = bool(b.get("pretrained")) and params_sha256 in (
+      None, b.get("params_sha256_seed0"))
+  if not measured and (file_sha256 is None or params_sha256 is None):
+    raise ZooError(f"{entry.name} ships no weights (its baseline has no "
+                   "pretrained record), so it has no weights card.")
+  p = b.get("pretrained") if measured else None
+  config = ((measured and b.get("config"))
+            or json.loads(json.dumps(entry.config, sort_keys=True)))
   data = config["data"]
   card = {
       "card_version": CARD_VERSION,
       "model": entry.name,
       "description": config.get("description", ""),
-      "weights": _weights(entry, b),
+      "weights": _weights(entry, file_sha256 or p["sha256"],
+                          params_sha256 or b["params_sha256_seed0"],
+                          p["file"] if p else None),
       "input": _input(entry),
       "output": _output(entry),
       "features": _features(entry),
-      "evaluation": _evaluation(entry, data, p),
-      "baseline": _baseline(b),
-      "reproduce": _reproduce(entry, b, config),
+      "evaluation": _evaluation(entry, data, p) if p else None,
+      "baseline": _baseline(b) if p else None,
+      "reproduce": (_reproduce(entry, b, config) if p else {
+          "command": None,
+          "what": ("not measured by zoo: these weights are not the ones "
+                   "zoo shipped for this model, so zoo records no accuracy, "
+                   "command or hardware for them; the config below is the "
+                   "one they were trained with"),
+          "config": config}),
       "hardware": {
           "devices": b["devices"],
           "device_kind": b["device_kind"],
           "platform": b["platform"],
           "machine": b["machine"],
-      },
-      "versions": b["versions"],
-      "license": _license(data["dataset"]),
+      } if p else None,
+      "versions": b["versions"] if p else None,
+      "license": _license(data["dataset"], shipped=bool(p)),
   }
   return json.loads(json.dumps(card))
 
@@ -208,36 +198,39 @@ def _reproduce(entry, b: Mapping[str, Any], config) -> dict[str, Any]:
   }
 
 
-def _weights(entry, b: Mapping[str, Any]) -> dict[str, Any]:
-  """The file: format, digests, members and how to load it."""
-  from zoo import npz, weights
+def _weights(entry, file_sha256: str, params_sha256: str,
+             path_in_package: str | None) -> dict[str, Any]:
+  """The file: format, digests, array names and how to load it."""
+  from zoo import weights
   params, model_state = weights.template(entry)
-  arrays = {f"params{k}": v for k, v in npz.flatten(params).items()}
-  arrays.update({f"model_state{k}": v
-                 for k, v in npz.flatten(model_state).items()})
-  members = {k: list(v.shape) for k, v in arrays.items()}
-  p = b["pretrained"]
+  arrays = weights.arrays_of(params, model_state)
   return {
-      "file": f"{entry.name}.npz",
-      "path_in_package": p["file"],
-      "format": ("pickle-free .npz: a zip of .npy arrays, one per parameter "
-                 "or state array (little-endian, C order; no object arrays, "
-                 "nothing to unpickle)"),
+      "file": "model.safetensors",
+      "path_in_package": path_in_package,
+      "format": ("safetensors: a JSON header (names, dtypes, shapes, "
+                 "offsets; metadata) and the raw little-endian arrays, "
+                 "nothing to unpickle"),
       "dtypes": sorted({str(v.dtype) for v in arrays.values()}),
-      "sha256": p["sha256"],
-      "params_sha256": b["params_sha256_seed0"],
+      "sha256": file_sha256,
+      "params_sha256": params_sha256,
       "params_sha256_is": (
-          "zoo.training.fingerprint.params_sha256(params): sha256 over "
-          "each parameter's (path, dtype, shape, bytes), sorted by path"),
-      "parameters": int(sum(v.size for v in npz.flatten(params).values())),
+          "zoo.fingerprint.params_sha256(params): sha256 over each "
+          "parameter's (path, dtype, shape, bytes), sorted by path"),
+      "parameters": int(sum(v.size for v in weights.names(params).values())),
       "load_with_zoo": (f"entry = zoo.get({entry.name!r}, pretrained=True)"
-                        "  # entry.params, entry.model_state"),
+                        "  # or pretrained='<folder or Hub repo id>'; "
+                        "entry.params, entry.model_state"),
       "load_without_zoo": LOAD_WITHOUT_ZOO,
-      "member_names": (
-          "jax.tree_util.keystr of each leaf's path: \"params['<module>']"
-          "['<name>']\" is Haiku's params['<module>']['<name>'], "
-          "\"model_state[...]\" likewise its state (BatchNorm statistics)"),
-      "members": members,
+      "array_names": (
+          "'<module>/<name>' is Haiku's params['<module>']['<name>'] (the "
+          "module is everything before the last '/'); "
+          "'model_state/<module>/<name>' likewise its state (BatchNorm "
+          "statistics)"),
+      "metadata": ("the header's __metadata__ holds zoo.model, "
+                   "zoo.config_sha256 (sha256 of the config's canonical "
+                   "JSON), zoo.params_sha256 and zoo.model_state_sha256, "
+                   "which zoo checks on load"),
+      "arrays": {k: list(v.shape) for k, v in arrays.items()},
   }
 
 
@@ -300,28 +293,93 @@ def _features(entry) -> dict[str, Any] | None:
   }
 
 
-def _license(dataset: str) -> dict[str, Any]:
+def _license(dataset: str, shipped: bool = True) -> dict[str, Any]:
   data = DATASET_LICENSES.get(dataset)
   return {
-      "weights": WEIGHTS_LICENSE,
+      "weights": WEIGHTS_LICENSE if shipped else None,
       "weights_note": ("trained and shipped by the zoo project under its "
                        "own license (see LICENSE); the dataset they were "
-                       "trained on has its own, below"),
+                       "trained on has its own, below" if shipped else
+                       "set by whoever trained these weights; the dataset "
+                       "they were trained on has its own, below"),
       "dataset": data or {"name": dataset,
                           "license": "not recorded by zoo: check the "
                                      "dataset's source"},
   }
 
 
-def main() -> None:
-  """`python -m zoo.cards`: rewrites the card of every shipped model."""
-  from zoo import pretrained, registry
-  for name in registry.list_models():
-    entry = registry.get(name)
-    if (entry.baseline or {}).get("pretrained") and \
-        pretrained.path(name).is_file():
-      print(write(entry))
-
-
-if __name__ == "__main__":
-  main()
+def readme(card: Mapping[str, Any]) -> str:
+  """A model folder's README.md: Hub model-card metadata as YAML front
+  matter (JSON values, which YAML reads as they are), then the card in
+  words."""
+  e, w, i, o = card["evaluation"], card["weights"], card["input"], \
+      card["output"]
+  lic, data = card["license"], card["license"]["dataset"]
+  front = {"library_name": "zoo",
+           "tags": ["zoo", "jax", "haiku", "safetensors",
+                    "image-classification"],
+           "pipeline_tag": "image-classification",
+           "datasets": [e["dataset"] if e else data["name"]]}
+  if lic["weights"]:
+    front["license"] = lic["weights"].lower()
+  if e:
+    front["metrics"] = ["accuracy"]
+    front["model-index"] = [{"name": card["model"], "results": [{
+        "task": {"type": "image-classification",
+                 "name": "Image Classification"},
+        "dataset": {"name": data["name"], "type": e["dataset"],
+                    "split": e["split"]},
+        "metrics": [{"type": "accuracy", "value": e["test_accuracy"],
+                     "name": "Test accuracy"}]}]}]
+  lines = ["---"] + [f"{k}: {json.dumps(v)}" for k, v in front.items()]
+  lines += ["---", "", f"# {card['model']}", "", card["description"], ""]
+  if e:
+    b = card["baseline"]
+    lines += [f"Test accuracy {100 * e['test_accuracy']:.2f}% (loss "
+              f"{e['test_loss']:.4f}) on {data['name']} {e['split']}, "
+              f"seed {e['seed']}; the baseline is {b['summary']}.", ""]
+  else:
+    lines += [card["reproduce"]["what"] + ".", ""]
+  names = ", ".join(o["class_names"])
+  lines += [
+      "## Use", "", "```python", "import zoo",
+      w["load_with_zoo"].split("  #")[0].replace(
+          "pretrained=True", "pretrained='<this folder or Hub repo id>'"),
+      "logits, _ = entry.apply_with_state(entry.params, entry.model_state, "
+      "None, images, False)",
+      "```", "",
+      f"- Input: {i['dtype']} {i['layout']}, shape "
+      f"({', '.join(map(str, i['shape']))}), values in "
+      f"[{i['range'][0]:g}, {i['range'][1]:g}]; from uint8: "
+      f"`{i['from_uint8']}`; normalization: {i['normalization']}.",
+      f"- Output: {o['kind']}, shape ({', '.join(map(str, o['shape']))}): "
+      f"{o['meaning']}. Classes: {names}.",
+  ]
+  if card.get("features"):
+    lines.append(f"- Features: width {card['features']['width']}, "
+                 f"{card['features']['what']}.")
+  lines += ["", "## Load without zoo", "",
+            "With the safetensors library alone, into Haiku's nested dicts:",
+            "", "```python", "path = 'model.safetensors'",
+            *w["load_without_zoo"], "```", "",
+            f"Array names: {w['array_names']}. Header: {w['metadata']}.", "",
+            "## Files", "",
+            f"- model.safetensors: sha256 `{w['sha256']}`, "
+            f"{w['parameters']:,} parameters ({', '.join(w['dtypes'])})",
+            f"- params_sha256 `{w['params_sha256']}` "
+            f"({w['params_sha256_is']})",
+            "- config.json: the model's name and zoo config, the digests, "
+            "and this card as JSON (`entry.weights_card`)", ""]
+  if e:
+    h, r = card["hardware"], card["reproduce"]
+    versions = ", ".join(f"{k} {v}" for k, v in card["versions"].items())
+    lines += ["## Reproduce", "", f"`{r['command']}`: {r['what']}.", "",
+              f"Measured on {h['devices']}x {h['device_kind']} "
+              f"({h['machine']}, {h['platform']}); {versions}.", ""]
+  lines += ["## License", "",
+            f"Weights: {lic['weights'] or 'not set by zoo'} "
+            f"({lic['weights_note']}).",
+            f"Data: {data['name']}, {data['license']}"
+            + (f", {data['copyright']}" if data.get("copyright") else "")
+            + (f" ({data['url']})" if data.get("url") else "") + ".", ""]
+  return "\n".join(lines)

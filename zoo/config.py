@@ -16,6 +16,7 @@ import dataclasses
 import importlib
 import inspect
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -79,7 +80,8 @@ DEFAULTS: Config = {
         # Forward and backward pass in bfloat16 (jmp policy); parameters,
         # optimizer state, loss and evaluation stay float32.
         "compute_dtype": "float32",  # float32 | bfloat16
-        # Start from these weights ("pretrained", or a weights .npz; "" =
+        # Start from these weights ("pretrained", a .safetensors weights
+        # file or a model folder; "" =
         # fresh from the seed); heads of another shape start fresh.
         "init_from": "",
         "trainable": "all",     # all | head (the layer producing the logits)
@@ -371,9 +373,11 @@ VALUE_RANGES: dict[str, Allowed] = {
     "train.loop": one_of(_fixed("auto", "scan", "python"), "loop"),
     "train.compute_dtype": one_of(_fixed(*COMPUTE_DTYPES), "compute dtype"),
     "train.init_from": Allowed(
-        "'', 'pretrained' or the path of a weights .npz file",
-        lambda v: isinstance(v, str) and (v in ("", "pretrained")
-                                          or v.endswith(".npz")),
+        "'', 'pretrained', the path of a .safetensors weights file or of a "
+        "model folder",
+        lambda v: isinstance(v, str) and (
+            v in ("", "pretrained") or v.endswith((".safetensors", ".npz"))
+            or os.path.isdir(v)),
         "e.g. init_from='pretrained' or a file written by zoo.weights.save"),
     "train.trainable": one_of(_fixed("all", "head"), "trainable set"),
     "schedule.name": one_of(_fixed("constant", "cosine", "warmup_cosine",

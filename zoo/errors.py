@@ -84,6 +84,15 @@ class InputError(ZooError, ValueError):
   """An input array has the wrong shape or dtype for the model."""
 
 
+class CheckpointError(ZooError, ValueError):
+  """A checkpoint or weights file is corrupt, unsafe or does not fit."""
+
+
+class WeightsNotFoundError(ZooError, FileNotFoundError):
+  """A weights file, Hub repo or run's checkpoint that was asked for is
+  missing."""
+
+
 class DistributedError(ZooError, ValueError):
   """Multi-host flags are inconsistent, or the processes could not meet."""
 

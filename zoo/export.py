@@ -1,6 +1,6 @@
 """Exports a model with its weights for use without zoo or Haiku.
 
-Two formats, both in inference mode (is_training=False: no dropout, a
+Two compiled formats (FORMATS), both in inference mode (is_training=False: no dropout, a
 stateful model's BatchNorm statistics), taking float32 NHWC images in [0, 1]
 of any batch size and returning logits:
 
@@ -11,7 +11,15 @@ of any batch size and returning logits:
               tf.Variables; its `serving_default` signature maps
               `images` to `logits`, and the loaded object is callable.
 
-Each artifact carries a small JSON that says what it takes and returns
+Two weights-only formats (WEIGHTS_FORMATS), for zoo, Haiku or any
+safetensors reader, and for sharing on the Hugging Face Hub:
+
+  safetensors one weights file (zoo.weights; its header names the model)
+  hub         a model folder (zoo.hub): config.json, model.safetensors and
+              README.md, loadable with zoo.get(name, pretrained=FOLDER) and
+              ready for huggingface_hub's upload_folder
+
+Each compiled artifact carries a small JSON that says what it takes and returns
 (model, input shape, dtype and range, class names in output order, the
 params' sha256): `<out>.json` beside a stablehlo file,
 `<out>/assets.extra/zoo.json` inside a SavedModel (TF Serving's place for
@@ -30,6 +38,7 @@ from pathlib import Path
 from zoo.errors import ZooError
 
 FORMATS = ("stablehlo", "savedmodel")
+WEIGHTS_FORMATS = ("safetensors", "hub")
 # Lowered for CPUs and NVIDIA GPUs by default, so the artifact runs on either.
 DEFAULT_PLATFORMS = ("cpu", "cuda")
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
@@ -41,8 +50,14 @@ class ExportError(ZooError, ValueError):
 
 
 def metadata_path(path: str | os.PathLike, fmt: str) -> Path:
-  """Where the JSON describing the artifact at `path` is written."""
+  """Where the JSON describing the artifact at `path` is written (for
+  safetensors, the file itself: its header)."""
   path = Path(path)
+  if fmt == "hub":
+    from zoo import hub
+    return path / hub.CONFIG
+  if fmt == "safetensors":
+    return path
   return (path / SAVEDMODEL_META if fmt == "savedmodel"
           else path.with_name(path.name + ".json"))
 
@@ -53,7 +68,7 @@ def metadata(entry, params, model_state, fmt: str,
   import jax
 
   import zoo
-  from zoo.training.fingerprint import params_sha256
+  from zoo.fingerprint import params_sha256
   h, w, c = entry.input_shape
   if entry.is_binary:
     output = (f"one logit per image: sigmoid(logit) is the probability of "
@@ -101,13 +116,19 @@ def check_out(path: Path, fmt: str, overwrite: bool) -> None:
   but an artifact of the same format (never a user's other file or folder)."""
   if not (path.exists() or path.is_symlink()):
     return
-  is_same = (path.is_dir() and (path / "saved_model.pb").is_file()
-             if fmt == "savedmodel" else path.is_file())
+  if fmt == "hub":
+    from zoo import hub
+    is_same = hub.is_folder(path)
+  elif fmt == "savedmodel":
+    is_same = path.is_dir() and (path / "saved_model.pb").is_file()
+  else:
+    is_same = path.is_file()
   if not overwrite:
     raise ExportError(f"{path} already exists: choose another --out, or pass "
                       "--force (overwrite=True) to replace it.")
   if path.is_symlink() or not is_same:
-    what = "a SavedModel directory" if fmt == "savedmodel" else "a file"
+    what = {"savedmodel": "a SavedModel directory",
+            "hub": "a zoo model folder"}.get(fmt, "a file")
     raise ExportError(f"{path} exists and is not {what}; refusing to replace "
                       "it: choose another --out.")
 
@@ -311,8 +332,26 @@ def export(entry, params, model_state, path: str | os.PathLike, fmt: str,
            **kwargs) -> Path:
   """Exports in format `fmt` (one of FORMATS); see export_stablehlo and
   export_savedmodel for the keyword arguments."""
+  if fmt in WEIGHTS_FORMATS:
+    return export_weights(entry, params, model_state, path, fmt,
+                          overwrite=kwargs.get("overwrite", False))
   if fmt not in FORMATS:
     raise ExportError(f"unknown export format {fmt!r}: choose one of "
-                      f"{', '.join(FORMATS)}.")
+                      f"{', '.join(FORMATS + WEIGHTS_FORMATS)}.")
   fn = export_stablehlo if fmt == "stablehlo" else export_savedmodel
   return fn(entry, params, model_state, path, **kwargs)
+
+
+def export_weights(entry, params, model_state, path: str | os.PathLike,
+                   fmt: str, *, overwrite: bool = False) -> Path:
+  """Writes `entry`'s weights as one safetensors file or a Hub-style model
+  folder (both atomically). The folder's card is the measured one when the
+  weights are the shipped ones, otherwise a card without measurements."""
+  from zoo import hub, weights
+  path = Path(path)
+  check_out(path, fmt, overwrite)
+  weights.check(entry, params, model_state)
+  if fmt == "hub":
+    return hub.write_folder(path, entry, params, model_state,
+                            overwrite=overwrite)
+  return weights.save(path, params, model_state, entry=entry)

@@ -88,12 +88,18 @@ class ModelEntry:
   name: str
   config: dict[str, Any]
   baseline: dict[str, Any] | None = None
-  # Set by zoo.get(name, pretrained=True): the shipped seed-0 weights.
+  # Set by zoo.get(name, pretrained=...): the weights read.
   params: Any = dataclasses.field(default=None, repr=False, compare=False)
   model_state: Any = dataclasses.field(default=None, repr=False, compare=False)
-  # Set with them: their card, a JSON-serialisable dict (zoo.cards.build).
-  weights_card: dict[str, Any] | None = dataclasses.field(
+  # Set with them: reads their card when `weights_card` is first asked for.
+  card_loader: Callable[[], dict[str, Any] | None] | None = dataclasses.field(
       default=None, repr=False, compare=False)
+
+  @functools.cached_property
+  def weights_card(self) -> dict[str, Any] | None:
+    """The card of the weights in `params` (what they are, how good, how to
+    use them anywhere; zoo.cards), read on first use; None without."""
+    return self.card_loader() if self.card_loader else None
 
   @property
   def arch(self) -> str:
@@ -422,9 +428,10 @@ def list_models(pattern: str | None = None) -> list[str]:
   return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
 
 
-def get(name: str, *, pretrained: bool = False, **model_overrides) -> ModelEntry:
+def get(name: str, **model_overrides) -> ModelEntry:
   """The registered model `name`, with `model_overrides` applied to its
-  `[model]` config (e.g. activation="gelu", hidden_sizes=(512, 256))."""
+  `[model]` config (e.g. activation="gelu", hidden_sizes=(512, 256)); no
+  weights (zoo.get(name, pretrained=...) adds them)."""
   _ensure_loaded()
   if not isinstance(name, str) or name not in _MODELS:
     raise UnknownModelError(name, _MODELS)
@@ -432,9 +439,6 @@ def get(name: str, *, pretrained: bool = False, **model_overrides) -> ModelEntry
   if model_overrides:
     entry = with_config(entry, {f"model.{k}": v
                                 for k, v in model_overrides.items()})
-  if pretrained:
-    from zoo import pretrained as pretrained_lib
-    entry = pretrained_lib.attach(entry)
   return entry
 
 

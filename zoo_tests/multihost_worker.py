@@ -2,7 +2,7 @@
 
 Usage: python multihost_worker.py COORDINATOR NUM_PROCESSES PROCESS_ID OUT [eval]
 With NUM_PROCESSES 0 it runs in a single process instead (the reference).
-Without `eval` it trains (OUT.npz, OUT.npz.json); with `eval` it only
+Without `eval` it trains (OUT.safetensors, OUT.safetensors.json); with `eval` it only
 evaluates pretrained models over every device of every process (OUT.json).
 """
 import json

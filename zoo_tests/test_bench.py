@@ -126,11 +126,11 @@ def test_checkpoint_io_compares_both_formats_on_the_same_state(capsys):
   rows = [l for l in capsys.readouterr().out.splitlines()
           if l.startswith("| `logreg")]
   assert len(rows) == 1 and len(rows[0].split("|")) == 10
-  # The previous format's restore gives back the same state.
+  # The plain safetensors side restores the same state.
   state = bench.state_of("logreg_fashion_mnist")
   import tempfile
   with tempfile.TemporaryDirectory() as d:
-    back = bench.npz_restore(bench.npz_save(Path(d), 1, state), state)
+    back = bench.st_restore(bench.st_save(Path(d), 1, state), state)
   jax.tree.map(np.testing.assert_array_equal, back, state)
 
 

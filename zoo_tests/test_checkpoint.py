@@ -27,7 +27,7 @@ from zoo.errors import ZooError
 from zoo.training import checkpoint as ckpt_lib
 from zoo import weights
 from zoo.training import loop
-from zoo.training.fingerprint import params_sha256
+from zoo.fingerprint import params_sha256
 from zoo.training.optim import optimizer
 from zoo.training.state import init_state
 from zoo.training.workdir import WorkdirError
@@ -544,7 +544,7 @@ def test_eval_workdir_and_weights_reproduce_result(reference, tmp_path,
   assert res["accuracy"] == out.result["test_accuracy"]
   assert res["examples"] == 500  # the run's own test split
   # The same numbers from a weights file, and from a checkpoint directory.
-  wfile = weights.save(tmp_path / "w.npz", out.params, out.model_state)
+  wfile = weights.save(tmp_path / "w.safetensors", out.params, out.model_state)
   for path in (wfile, workdir / "checkpoints" / "step_000000032"):
     code = cli.main(["eval", MODEL, "--workdir", str(workdir), "--weights",
                      str(path)])

@@ -220,9 +220,10 @@ def test_data_errors_are_zoo_errors_and_pickle():
                           "here: no, there: no")
   assert missing.tried == ("here: no", "there: no")
   assert missing.hints == ("get it", "or buy it")
-  named = DataNotFoundError("fashion_mnist", ["/a", "/b (empty)"], ["fix it"])
+  named = DataNotFoundError("fashion_mnist", ["/a", "/b (empty)"], ["fix it"],
+                            "Fashion-MNIST")
   assert str(named) == "Fashion-MNIST not found: fix it; looked in: /a, /b (empty)"
-  for err in (corrupt, missing, SplitError("bad split")):
+  for err in (corrupt, missing, named, SplitError("bad split")):
     again = pickle.loads(pickle.dumps(err))
     assert type(again) is type(err) and str(again) == str(err)
 

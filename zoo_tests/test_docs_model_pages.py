@@ -13,7 +13,7 @@ import pytest
 
 import zoo
 from zoo import pretrained
-from zoo.cli.info import shipped_card
+from zoo.pretrained import shipped_card
 
 REPO = Path(__file__).resolve().parents[1]
 GENERATOR = REPO / "docs" / "model_pages.py"
@@ -82,8 +82,7 @@ def test_pictures_come_from_the_shipped_weights(gen):
     record_file = PAGES_DIR / "images" / f"{name}.json"
     assert record_file.is_file(), f"{name}: {record_file} missing"
     record = json.loads(record_file.read_text())
-    card = json.loads((REPO / "zoo" / "pretrained" / f"{name}.json")
-                      .read_text())
+    card = shipped_card(zoo.get(name))
     hint = (f"docs/models/images/ of {name} show other weights than the "
             "shipped ones: run `python docs/model_pages.py --images`")
     assert record["params_sha256"] == card["weights"]["params_sha256"], hint

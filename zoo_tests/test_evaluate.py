@@ -88,14 +88,14 @@ def test_weights_of_another_model_are_one_clear_error(monkeypatch):
   mlp = zoo.get("mlp_fashion_mnist", pretrained=True)
   cases = [
       (("mlp_fashion_mnist", cnn.params),
-       "params['mlp_classifier/~/mlp/~/linear_0']['b'] is missing: these "
+       "params mlp_classifier/~/mlp/~/linear_0/b is missing: these "
        "weights belong to another model or config"),
       ((zoo.get("mlp_fashion_mnist", hidden_sizes=(64,)), mlp.params),
-       "params['mlp_classifier/~/mlp/~/linear_0']['b'] has shape (256,), "
+       "params mlp_classifier/~/mlp/~/linear_0/b has shape (256,), "
        "mlp_fashion_mnist expects (64,): these weights belong to another "
        "model or config"),
       (("mlp_fashion_mnist", {**mlp.params, "extra": {"w": np.zeros(3)}}),
-       "params['extra']['w'] is not a parameter of mlp_fashion_mnist"),
+       "params extra/w is not a parameter of mlp_fashion_mnist"),
       (("cnn_bn_fashion_mnist",
         zoo.get("cnn_bn_fashion_mnist", pretrained=True).params),
        "cnn_bn_fashion_mnist normalizes with BatchNorm statistics: pass its "

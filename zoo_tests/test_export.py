@@ -18,7 +18,7 @@ from zoo import cli, registry, weights
 from zoo import export as export_lib
 from zoo.errors import ZooError, installed
 from zoo.training import loop
-from zoo.training.fingerprint import params_sha256
+from zoo.fingerprint import params_sha256
 
 ARCHS = ("logreg", "logreg_binary", "mlp", "cnn", "cnn_bn", "lstm", "vit_tiny")
 MODELS = tuple(f"{a}_fashion_mnist" for a in ARCHS)

@@ -1,6 +1,6 @@
 """The package's layers point one way: cli -> training/export ->
-registry/pretrained -> models/weights -> config, data, npz, named functions
--> errors. A module may import its own layer or those below, never above
+pretrained -> hub -> cards -> registry -> models/weights -> config, data,
+fingerprint, named functions -> errors. A module may import its own layer or those below, never above
 (imports inside functions count too), so nothing below can import in a
 circle with what is above it."""
 import ast
@@ -9,10 +9,13 @@ from pathlib import Path
 ZOO = Path(__file__).resolve().parents[1] / "zoo"
 LAYERS = [
     ("zoo.errors",),
-    ("zoo.npz", "zoo.config", "zoo.activations", "zoo.initializers",
+    ("zoo.fingerprint", "zoo.config", "zoo.activations", "zoo.initializers",
      "zoo.pooling", "zoo.losses", "zoo.data", "zoo.tfimport"),
     ("zoo.models", "zoo.weights"),
-    ("zoo.registry", "zoo.pretrained", "zoo.cards"),
+    ("zoo.registry",),
+    ("zoo.cards",),
+    ("zoo.hub",),
+    ("zoo.pretrained",),
     ("zoo.training", "zoo.export"),
     ("zoo.cli",),
 ]

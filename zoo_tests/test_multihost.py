@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import chex
-import numpy as np
+import safetensors.numpy
 
 import zoo
 from multihost_worker import EVAL_BATCH, EVAL_MODELS, EVAL_SPLIT
@@ -52,16 +52,15 @@ def _run_together(args, env, timeout=300):
 
 
 def _load(path):
-  with np.load(path, allow_pickle=False) as z:
-    return {k: z[k] for k in z.files}
+  return safetensors.numpy.load_file(path)
 
 
 def test_two_processes_match_one(tmp_path):
-  ref = tmp_path / "ref.npz"
+  ref = tmp_path / "ref.safetensors"
   subprocess.run([sys.executable, str(WORKER), "-", "0", "0", str(ref)],
                  env=_env(2), check=True, timeout=300)
   port = _free_port()
-  outs = [tmp_path / f"p{i}.npz" for i in range(2)]
+  outs = [tmp_path / f"p{i}.safetensors" for i in range(2)]
   _run_together([[f"127.0.0.1:{port}", "2", str(i), str(outs[i])]
                  for i in range(2)], env=_env(1))
   meta = [json.loads(Path(str(o) + ".json").read_text()) for o in outs]

@@ -38,10 +38,9 @@ def test_pretrained_weights_reproduce_recorded_accuracy(name):
 
 def test_damaged_weights_are_refused(tmp_path, monkeypatch):
   name = SHIPPED[0]
-  copy = tmp_path / f"{name}.npz"
-  shutil.copy(pretrained.path(name), copy)
-  with open(copy, "r+b") as f:
-    f.seek(200)
+  shutil.copytree(pretrained.folder(name), tmp_path / name)
+  with open(tmp_path / name / "model.safetensors", "r+b") as f:
+    f.seek(-40, 2)  # inside the last array's data
     f.write(b"\x00\x01\x02\x03")
   monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path)
   with pytest.raises(pretrained.PretrainedNotAvailableError, match="sha256"):

@@ -13,7 +13,7 @@ from zoo import cli, registry
 from zoo.errors import ZooError
 from zoo.training import loop, run_weights
 from zoo.training import checkpoint as ckpt_lib
-from zoo.training.fingerprint import params_sha256
+from zoo.fingerprint import params_sha256
 from zoo.training.optim import optimizer
 from zoo.training.state import eval_params, init_state
 from zoo.training.step import make_train_step

@@ -1,19 +1,25 @@
-"""Weight cards: shipped beside the weights, exactly what zoo.cards.build
-gives now (so they cannot drift from zoo/baselines.json or the configs),
-true of the file they describe, and written by `zoo baselines`."""
+"""Weight cards: shipped in each model folder (config.json, and README.md
+with Hub metadata front matter), exactly what zoo.cards.build gives now (so
+they cannot drift from zoo/baselines.json or the configs), true of the
+safetensors file they describe, read only when asked for, and written by
+`zoo baselines`."""
 import json
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import chex
 import jax
 import numpy as np
 import pytest
+from safetensors import safe_open
 
 import zoo
-from zoo import cards, cli, data, pretrained, registry
+from zoo import cards, cli, data, hub, pretrained, registry, weights
 from zoo.training import baselines
-from zoo.training.fingerprint import params_sha256
+from zoo.fingerprint import params_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = [n for n in zoo.list_models()
@@ -24,35 +30,53 @@ def test_some_cards_ship():
   assert {"cnn_fashion_mnist", "logreg_binary_fashion_mnist"} <= set(SHIPPED)
 
 
+def _card(name):
+  return json.loads(
+      (pretrained.folder(name) / hub.CONFIG).read_text())["card"]
+
+
 @pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_card_is_what_build_gives_now(name):
+def test_shipped_folder_is_what_build_gives_now(name, tmp_path):
   """Byte for byte: a change to baselines.json, a config or the card format
-  without regenerating (python -m zoo.cards) fails here."""
-  text = cards.path(name).read_text(encoding="utf-8")
-  assert text == cards.dumps(cards.build(zoo.get(name))), (
-      f"{cards.path(name)} is stale: run python -m zoo.cards")
+  without regenerating (python -m zoo.pretrained) fails here."""
+  shutil.copy(pretrained.path(name), tmp_path / hub.WEIGHTS)
+  hub.write_meta(tmp_path, zoo.get(name))
+  for file in (hub.CONFIG, hub.README):
+    assert (pretrained.folder(name) / file).read_text() == (
+        tmp_path / file).read_text(), (
+            f"{pretrained.folder(name) / file} is stale: run python -m "
+            "zoo.pretrained")
 
 
-def test_every_card_describes_shipped_weights():
-  for file in pretrained.PRETRAINED_DIR.glob("*.json"):
-    assert file.stem in SHIPPED, f"{file} describes no shipped weights"
-    assert pretrained.path(file.stem).is_file()
+def test_every_folder_holds_shipped_weights():
+  for folder in pretrained.PRETRAINED_DIR.iterdir():
+    assert folder.name in SHIPPED, f"{folder} holds no shipped weights"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(hub.FILES)
+    assert (pretrained.folder(folder.name) / hub.WEIGHTS).is_file()
 
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_card_is_true_of_its_weights(name):
   entry = zoo.get(name, pretrained=True)
   card = entry.weights_card
-  assert card == cards.load(name)
+  assert card == _card(name)
   assert json.loads(json.dumps(card)) == card  # plain JSON types only
   record = entry.baseline["pretrained"]
   w = card["weights"]
-  assert w["file"] == pretrained.path(name).name
+  assert w["file"] == pretrained.path(name).name == "model.safetensors"
+  assert w["path_in_package"] == record["file"]
   assert w["sha256"] == pretrained.sha256(pretrained.path(name))
   assert w["params_sha256"] == params_sha256(entry.params)
-  with np.load(pretrained.path(name)) as arrays:  # pickle-free: no flag
-    assert {k: list(arrays[k].shape) for k in arrays.files} == w["members"]
-    assert sorted({str(arrays[k].dtype) for k in arrays.files}) == w["dtypes"]
+  with safe_open(str(pretrained.path(name)), framework="numpy") as f:
+    assert {k: f.get_slice(k).get_shape() for k in f.keys()} == w["arrays"]
+    assert sorted({str(f.get_tensor(k).dtype) for k in f.keys()}
+                  ) == w["dtypes"]
+    meta = f.metadata()
+  assert meta["zoo.model"] == name
+  assert meta["zoo.params_sha256"] == w["params_sha256"]
+  assert meta["zoo.config_sha256"] == weights.config_sha256(entry.config)
+  assert "small_cnn/conv_0/w" in _card("cnn_fashion_mnist")["weights"][
+      "arrays"]
   assert w["parameters"] == entry.param_count()
   assert card["input"]["shape"] == ["batch", *entry.input_shape]
   assert card["input"]["layout"].startswith("NHWC")
@@ -76,8 +100,27 @@ def test_card_is_true_of_its_weights(name):
   assert card["features"]["width"] == feats.shape[1]
 
 
+@pytest.mark.parametrize("name", SHIPPED)
+def test_readme_front_matter_is_a_hub_model_card(name):
+  """huggingface_hub reads the README's metadata as the Hub would."""
+  from huggingface_hub import ModelCard
+  card = _card(name)
+  hf = ModelCard.load(pretrained.folder(name) / hub.README)
+  data = hf.data.to_dict()
+  assert data["library_name"] == "zoo"
+  assert data["license"] == "apache-2.0"
+  assert data["pipeline_tag"] == "image-classification"
+  assert "safetensors" in data["tags"]
+  result = hf.data.eval_results[0]
+  assert result.metric_type == "accuracy"
+  assert result.metric_value == card["evaluation"]["test_accuracy"]
+  assert result.dataset_split == "test"
+  assert card["weights"]["sha256"] in hf.text
+  assert "\n".join(card["weights"]["load_without_zoo"]) in hf.text
+
+
 def test_licenses_match_the_project_and_the_dataset():
-  card = cards.load("cnn_fashion_mnist")
+  card = _card("cnn_fashion_mnist")
   assert card["license"]["weights"] == "Apache-2.0"
   assert "Apache License" in (REPO / "LICENSE").read_text()[:200]
   assert "Version 2.0" in (REPO / "LICENSE").read_text()[:200]
@@ -90,7 +133,8 @@ def test_licenses_match_the_project_and_the_dataset():
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_load_without_zoo_recipe(name):
-  """The card's numpy-only lines rebuild exactly the weights zoo loads."""
+  """The card's safetensors-only lines, as the card shows them, rebuild
+  exactly the weights zoo loads."""
   entry = zoo.get(name, pretrained=True)
   namespace = {"path": str(pretrained.path(name))}
   exec("\n".join(entry.weights_card["weights"]["load_without_zoo"]),
@@ -147,19 +191,35 @@ def test_entry_without_pretrained_weights_has_no_card():
 
 
 def test_missing_card_file_is_built(tmp_path, monkeypatch):
-  """An install that left the JSON out still gets the same card."""
+  """An install that left config.json out still gets the same card."""
   name = "logreg_fashion_mnist"
-  (tmp_path / f"{name}.npz").write_bytes(pretrained.path(name).read_bytes())
+  shipped = _card(name)
+  (tmp_path / name).mkdir()
+  shutil.copy(pretrained.path(name), tmp_path / name)
   monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path)
-  assert not cards.path(name).exists()
   assert zoo.get(name, pretrained=True).weights_card == cards.build(
-      zoo.get(name))
+      zoo.get(name)) == shipped
+
+
+def test_weights_and_card_load_lazily():
+  """zoo.get(name) reads no weights and builds no card; the card is read
+  on first use of .weights_card, once."""
+  code = ("import sys, zoo; e = zoo.get('cnn_fashion_mnist'); "
+          "assert e.params is None and e.weights_card is None; "
+          "bad = {'zoo.pretrained', 'zoo.cards', 'zoo.hub', 'zoo.weights', "
+          "'safetensors'} & set(sys.modules); assert not bad, bad; "
+          "p = zoo.get('cnn_fashion_mnist', pretrained=True); "
+          "assert 'zoo.cards' not in sys.modules and p.params is not None; "
+          "assert p.weights_card is p.weights_card; print('ok')")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, cwd=REPO)
+  assert out.returncode == 0 and out.stdout == "ok\n", out.stderr
 
 
 def test_zoo_info_shows_the_card(capsys):
   assert cli.main(["info", "logreg_binary_fashion_mnist"]) == 0
   out = capsys.readouterr().out
-  card = cards.load("logreg_binary_fashion_mnist")
+  card = _card("logreg_binary_fashion_mnist")
   for text in (card["weights"]["sha256"], card["weights"]["params_sha256"],
                "float32 NHWC (batch, 28, 28, 1) in [0, 1]",
                "images.astype(np.float32) / 255",
@@ -207,14 +267,14 @@ def test_zoo_baselines_writes_the_card(tmp_path, monkeypatch, capsys):
                    str(tmp_path / "runs")]) == 0
   capsys.readouterr()
   recorded = json.loads((tmp_path / "baselines.json").read_text())[name]
-  card_file = tmp_path / "pretrained" / f"{name}.json"
-  assert card_file.read_text() == cards.dumps(
-      cards.build(zoo.get(name), recorded))
-  card = json.loads(card_file.read_text())
+  folder = tmp_path / "pretrained" / name
+  assert sorted(p.name for p in folder.iterdir()) == sorted(hub.FILES)
+  card = json.loads((folder / hub.CONFIG).read_text())["card"]
+  assert card == cards.build(zoo.get(name), recorded)
+  assert (folder / hub.README).read_text() == cards.readme(card)
   assert card["evaluation"]["test_accuracy"] == 0.9
   assert card["baseline"]["seeds"] == 2
   assert card["baseline"]["test_accuracy_per_seed"] == [0.9, 0.91]
-  assert card["weights"]["sha256"] == pretrained.sha256(
-      tmp_path / "pretrained" / f"{name}.npz")
+  assert card["weights"]["sha256"] == pretrained.sha256(folder / hub.WEIGHTS)
   assert card["weights"]["params_sha256"] == params_sha256(real.params)
   assert card["reproduce"]["command"] == baselines.command(name, 2)

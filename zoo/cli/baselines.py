@@ -1,6 +1,7 @@
 """`zoo baselines [PATTERN] [--seeds N]`: measure reference baselines and
 record them (zoo/baselines.json, shipped seed-0 weights and their weights
-cards, zoo/pretrained/<name>.npz and .json); with --readme and
+cards, zoo/pretrained/<name>/: model.safetensors, config.json, README.md);
+with --readme and
 --curves-dir, also regenerate that README's table and copy the curves."""
 from __future__ import annotations
 

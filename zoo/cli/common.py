@@ -67,7 +67,8 @@ def check_workdir(workdir) -> None:
                                  "give the --workdir of a zoo train run.")
 
 
-WEIGHTS_HELP = ("'pretrained' (the shipped weights), a .npz weights file, or a "
+WEIGHTS_HELP = ("'pretrained' (the shipped weights), a .safetensors weights "
+                "file, a model folder or Hub repo id (owner/name), or a "
                 "checkpoint directory (DIR/checkpoints/step_N)")
 
 
@@ -85,7 +86,8 @@ def entry_and_weights(name: str, weights, workdir, command: str):
       raise config_lib.ConfigError(
           f"--weights pretrained takes the registered config of {name!r}, "
           "not a run's: drop --workdir (zoo eval writes to --out).")
-    entry = registry.get(name, pretrained=True)
+    from zoo import pretrained
+    entry = pretrained.attach(registry.get(name))
     return entry, entry.params, entry.model_state, {"weights": "pretrained"}
   entry = registry.get(name)
   params = model_state = source = None
@@ -94,7 +96,12 @@ def entry_and_weights(name: str, weights, workdir, command: str):
     entry, params, model_state, weights_dir = run_weights.load_run(
         workdir, entry_for_run(entry, workdir, command))
     source = {"weights": str(weights_dir), "step": _step(weights_dir)}
-  if weights:
+  if weights and is_folder_source(weights):  # its own config builds it
+    from zoo import pretrained
+    entry = pretrained.attach(entry, str(weights))
+    params, model_state = entry.params, entry.model_state
+    source = {"weights": str(weights)}
+  elif weights:
     params, model_state = load_weights(entry, weights)
     source = {"weights": str(weights)}
     if run_weights.is_checkpoint_dir(weights):
@@ -108,17 +115,38 @@ def _step(checkpoint_dir) -> int:
   return int(as_path(checkpoint_dir).name[5:])
 
 
+def is_folder_source(path) -> bool:
+  """Whether --weights PATH names a model folder: a local directory that is
+  not a checkpoint, or (no such local path) a Hub repo id owner/name."""
+  from zoo import hub
+  from zoo.training import run_weights
+  from zoo.training.workdir import as_path
+  local = as_path(path)
+  if run_weights.is_checkpoint_dir(path):
+    return False
+  if local.is_dir():
+    return True
+  return (not local.exists() and "://" not in str(path).replace("hf://", "")
+          and hub.parse_repo_id(str(path)) is not None
+          and not str(path).endswith((".safetensors", ".npz")))
+
+
 def load_weights(entry, path):
   """(params, model_state) for `entry` from --weights PATH: a checkpoint
-  directory (DIR/checkpoints/step_N) or a .npz weights file, verified."""
-  from zoo import weights
+  directory (DIR/checkpoints/step_N), a model folder or Hub repo id
+  (zoo.hub), or a .safetensors weights file, verified."""
+  from zoo import pretrained, weights
   from zoo.training import run_weights
   if run_weights.is_checkpoint_dir(path):
     return run_weights.load_checkpoint(entry, path)
   from zoo.training.workdir import as_path
+  if is_folder_source(path):
+    loaded = pretrained.attach(entry, str(path))
+    return loaded.params, loaded.model_state
   if not as_path(path).is_file():
     raise config_lib.ConfigError(
         f"--weights {path}: no such file; give 'pretrained' (the shipped "
-        "weights), a .npz weights file (zoo.weights.save writes one) or a "
-        "checkpoint directory (DIR/checkpoints/step_N).")
+        "weights), a .safetensors weights file (zoo.weights.save writes "
+        "one), a model folder, a Hub repo id (owner/name) or a checkpoint "
+        "directory (DIR/checkpoints/step_N).")
   return weights.load(entry, path)

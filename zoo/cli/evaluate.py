@@ -36,11 +36,12 @@ def run(args: argparse.Namespace) -> int:
   --workdir the run's own resolved config is used (model settings, test
   split, classes, eval batch), so the accuracy is result.json's."""
   from zoo.training.evaluate import evaluate_model
-  from zoo.training.fingerprint import params_sha256
+  from zoo.fingerprint import params_sha256
   if not args.weights and not args.workdir:
     raise config_lib.ConfigError(
         "zoo eval needs --workdir DIR (a zoo train run) or --weights "
-        "pretrained|FILE|DIR (the shipped weights, a .npz weights file or a "
+        "pretrained|FILE|DIR (the shipped weights, a .safetensors weights file, "
+        "a model folder or Hub repo id, or a "
         "checkpoint directory).")
   entry, params, model_state, source = entry_and_weights(
       args.name, args.weights, args.workdir, "eval")

@@ -1,28 +1,35 @@
 """`zoo export NAME (--weights pretrained|FILE | --workdir DIR) --format
-stablehlo|savedmodel --out PATH`: the model with its weights, in inference
-mode, as an artifact that runs without zoo or Haiku (see zoo.export)."""
+stablehlo|savedmodel|safetensors|hub --out PATH`: the model with its
+weights, in inference mode, as an artifact that runs without zoo or Haiku,
+or its weights alone as a safetensors file or a Hub-style model folder (see
+zoo.export)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
 from zoo.cli.common import WEIGHTS_HELP, entry_and_weights
-from zoo.export import DEFAULT_PLATFORMS, FORMATS
+from zoo.export import DEFAULT_PLATFORMS, FORMATS, WEIGHTS_FORMATS
 
 
 def add(sub) -> None:
   p = sub.add_parser("export", help="write a model and its weights as a "
-                                    "StableHLO artifact or a TF SavedModel")
+                                    "StableHLO artifact or a TF SavedModel, "
+                                    "or its weights as safetensors or a Hub "
+                                    "model folder")
   p.add_argument("name", help="registered model (see `zoo list`)")
   src = p.add_mutually_exclusive_group(required=True)
   src.add_argument("--weights", default=None,
                    help=WEIGHTS_HELP)
   src.add_argument("--workdir", default=None,
                    help="a zoo train run: its newest good checkpoint")
-  p.add_argument("--format", required=True, choices=FORMATS,
+  p.add_argument("--format", required=True, choices=FORMATS + WEIGHTS_FORMATS,
                  help="stablehlo: jax.export's serialized artifact (+ "
                       "OUT.json); savedmodel: a TensorFlow SavedModel "
-                      "directory (+ OUT/assets.extra/zoo.json)")
+                      "directory (+ OUT/assets.extra/zoo.json); safetensors: "
+                      "the weights file; hub: a model folder (config.json, "
+                      "model.safetensors, README.md) to load with "
+                      "--weights OUT or upload to the Hugging Face Hub")
   p.add_argument("--out", required=True, help="the artifact's path")
   p.add_argument("--platforms", default=",".join(DEFAULT_PLATFORMS),
                  help="comma-separated platforms to lower for, among cpu, "
@@ -46,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
       args.name, args.weights, args.workdir, "export")
   path = export_lib.export(entry, params, model_state, args.out, args.format,
                            platforms=platforms, overwrite=args.force)
+  if args.format in WEIGHTS_FORMATS:
+    print(f"wrote {path} ({args.format}, {entry.name}, "
+          f"{entry.param_count():,} parameters)")
+    return 0
   print(f"wrote {path} ({args.format}, {entry.name}, batch any size, "
         f"platforms {', '.join(platforms)})")
   print(f"wrote {export_lib.metadata_path(path, args.format)}")

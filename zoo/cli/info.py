@@ -29,18 +29,6 @@ def layer_summary(entry) -> list[tuple[str, str, int]]:
   return rows
 
 
-def shipped_card(entry) -> dict | None:
-  """The weights card of `entry`'s shipped weights (None if none ship),
-  without loading the weights."""
-  from zoo import cards, pretrained
-  if not (entry.baseline or {}).get("pretrained") or \
-      not pretrained.path(entry.name).is_file():
-    return None
-  if cards.path(entry.name).is_file():
-    return cards.load(entry.name)
-  return cards.build(entry)
-
-
 def card_summary(card: dict) -> list[str]:
   """A few lines of `card` for `zoo info`: what a user of the file needs."""
   w, i, o = card["weights"], card["input"], card["output"]
@@ -83,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
   from zoo import cards, pretrained, registry
   entry = registry.get(args.name)
   if args.card:
-    card = shipped_card(entry)
+    card = pretrained.shipped_card(entry)
     if card is None:
       raise pretrained.PretrainedNotAvailableError(
           "no weights card: " + pretrained._not_available(entry))
@@ -115,10 +103,10 @@ def run(args: argparse.Namespace) -> int:
       print(f"  pretrained  zoo.get({entry.name!r}, pretrained=True): "
             f"{100 * b['pretrained']['test_accuracy']:.2f}% "
             f"(seed {b['pretrained']['seed']})")
-    card = shipped_card(entry)
+    card = pretrained.shipped_card(entry)
     if card:
-      print(f"  weights card  {cards.path(entry.name).name} beside the "
-            f"weights, entry.weights_card, zoo info {entry.name} --card")
+      print(f"  weights card  {pretrained.folder(entry.name)}/README.md and "
+            f"config.json, entry.weights_card, zoo info {entry.name} --card")
       for line in card_summary(card):
         print(f"    {line}")
   else:

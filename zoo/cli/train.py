@@ -40,9 +40,10 @@ def add(sub) -> None:
   p.add_argument("--num-classes", type=int,
                  help="with --data: classes of the head (default: max label "
                       "+ 1)")
-  p.add_argument("--init-from", metavar="pretrained|FILE.npz",
-                 help="start from the shipped pretrained weights or a weights "
-                      ".npz (a head of another shape starts fresh); "
+  p.add_argument("--init-from", metavar="pretrained|FILE|DIR",
+                 help="start from the shipped pretrained weights, a weights "
+                      "file (.safetensors) or a model folder (a head of "
+                      "another shape starts fresh); "
                       "--set train.trainable=head trains only the head")
   p.add_argument("--set", action="append", metavar="KEY=VALUE",
                  help="config override, e.g. optimizer.learning_rate=3e-4")
@@ -120,12 +121,13 @@ def _own_data(entry, args: argparse.Namespace):
   device work; (entry, {}) without --data. A missing --init-from file is
   reported here too."""
   from pathlib import Path as _Path
-  from zoo import npz
+  from zoo.errors import WeightsNotFoundError
   init_from = entry.config["train"]["init_from"]
-  if init_from not in ("", "pretrained") and not _Path(init_from).is_file():
-    raise npz.WeightsNotFoundError(
-        f"--init-from {init_from}: no such file; pass a weights .npz written "
-        "by zoo.weights.save, or 'pretrained'.")
+  if init_from not in ("", "pretrained") and not _Path(init_from).exists():
+    raise WeightsNotFoundError(
+        f"--init-from {init_from}: no such file; pass a weights file written "
+        "by zoo.weights.save (.safetensors), a model folder, or "
+        "'pretrained'.")
   if args.data is None:
     if args.num_classes is not None:
       raise ConfigValueError("--num-classes", args.num_classes,

@@ -15,13 +15,17 @@ as a config change) comes back as config overrides of dataset "custom".
 """
 from __future__ import annotations
 
+import collections
 import hashlib
+import math
 import os
+import zipfile
+import zlib
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from zoo import npz
 from zoo.data.catalog import CUSTOM
 from zoo.data.sources import Split
 from zoo.errors import InputError
@@ -173,19 +177,130 @@ def splits(data: Any, test_data: Any, input_shape: tuple[int, ...], *,
 
 def read_npz(path: str | os.PathLike) -> tuple[tuple[np.ndarray, np.ndarray],
                                                tuple[np.ndarray, np.ndarray]]:
-  """((train_images, train_labels), (test_images, test_labels)) from an
-  .npz, read with zoo's safe reader (no pickle; members checked from their
-  headers before any data is read; at most 32x the file's size plus 64 MiB,
-  so a zip bomb is refused)."""
-  with npz.NpzReader(path) as reader:
-    missing = [k for k in NPZ_MEMBERS if k not in reader.keys]
-    extra = [k for k in reader.keys if k not in NPZ_MEMBERS]
+  """((train_images, train_labels), (test_images, test_labels)) from an .npz.
+
+  numpy reads it (allow_pickle=False: no pickle is ever loaded) once its zip
+  directory and .npy headers are checked (see _check_members), so a zip bomb
+  or a crafted header is refused before any array is allocated."""
+  path = Path(path)
+  with _open(path) as f:
+    _check_members(path, f)
+    f.seek(0)
+    out = {}
+    with np.load(f, allow_pickle=False) as z:
+      for key in NPZ_MEMBERS:
+        try:
+          out[key] = z[key]
+        except Exception as e:  # BadZipFile (bad CRC), zlib.error, EOF...
+          raise _damaged(path, key, e) from None
+  return ((out["train_images"], out["train_labels"]),
+          (out["test_images"], out["test_labels"]))
+
+
+# The members may declare at most this many bytes in all: 32x the file's
+# size plus 64 MiB (numpy.savez writes about 1x; a zip bomb far more).
+_INFLATION, _FLOOR = 32, 64 << 20
+_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _damaged(path: Path, key: str, e: Exception) -> DataArraysError:
+  return DataArraysError(
+      f"{path}: member {key} cannot be read ({_reason(e)}): the file is "
+      f"truncated or damaged; save the arrays again with {_SAVE_HINT}.")
+
+
+def _reason(e: Exception) -> str:
+  """An exception's message on one line (its type's name if it has none)."""
+  return " ".join(str(e).split()) or type(e).__name__
+
+
+def _open(path: Path):
+  """`path` opened for reading, or DataArraysError saying why it cannot be."""
+  try:
+    return path.open("rb")
+  except FileNotFoundError:
+    raise DataArraysError(f"{path} does not exist: check the path (write the "
+                          f"file with {_SAVE_HINT}).") from None
+  except IsADirectoryError:
+    raise DataArraysError(f"{path} is a directory: pass the .npz file itself, "
+                          f"written with {_SAVE_HINT}.") from None
+  except OSError as e:
+    raise DataArraysError(f"{path} cannot be read ({_reason(e)}): check the "
+                          "path and its permissions.") from None
+
+
+def _check_members(path: Path, f) -> None:
+  """Refuses anything but a zip of the four NPZ_MEMBERS as plain .npy
+  arrays, from its directory and headers alone.
+
+  The declared sizes (ZipInfo.file_size) must be within _INFLATION x the
+  file's size + _FLOOR and must equal what each .npy header describes.
+  zipfile yields no more than a member's declared size (and then checks
+  its CRC), and numpy allocates what the header describes, so these bound
+  the memory the read takes."""
+  def refuse(what: str, do: str = "save the arrays") -> DataArraysError:
+    return DataArraysError(f"{path}: {what}; {do} with {_SAVE_HINT}.")
+
+  head = f.read(6)
+  f.seek(0)
+  if not head:
+    raise refuse("the file is empty (0 bytes)")
+  if head == b"\x93NUMPY":
+    raise refuse("this is a single .npy array, not an .npz of four")
+  if head[:1] == b"\x80":
+    raise refuse("this is a pickle, not an .npz, and pickles are refused "
+                 "(loading one can run arbitrary code)")
+  if not head.startswith((b"PK\x03\x04", b"PK\x05\x06")):  # as np.load
+    raise refuse("this is not an .npz (zip) archive")
+  try:
+    z = zipfile.ZipFile(f)
+  except Exception as e:  # BadZipFile, or odd errors on a crafted directory
+    raise refuse(f"the file is truncated or damaged (its zip directory "
+                 f"cannot be read: {_reason(e)})", "save the arrays again"
+                 ) from None
+  with z:
+    infos = z.infolist()
+    names = [i.filename for i in infos]
+    twice = [n for n, count in collections.Counter(names).items() if count > 1]
+    if twice:
+      raise refuse(f"refused: member {twice[0]} appears twice, so which one "
+                   "is meant is ambiguous (a crafted or damaged file)")
+    size = os.fstat(f.fileno()).st_size
+    total, limit = sum(i.file_size for i in infos), _INFLATION * size + _FLOOR
+    if total > limit:
+      raise refuse(f"refused: its members would inflate to {total} bytes, "
+                   f"more than the {limit} allowed for a {size}-byte file "
+                   "(a zip bomb?)")
+    wanted = [k + ".npy" for k in NPZ_MEMBERS]
+    missing = [k for k, n in zip(NPZ_MEMBERS, wanted) if n not in names]
+    extra = [n.removesuffix(".npy") for n in names if n not in wanted]
     if missing or extra:
       raise DataArraysError(
           f"{path}: " + (f"missing {', '.join(missing)}" if missing else "")
           + ("; " if missing and extra else "")
           + (f"unexpected {', '.join(extra)}" if extra else "")
           + f". Save the four arrays under these names: {_SAVE_HINT}.")
-    arrays = reader.read()
-  return ((arrays["train_images"], arrays["train_labels"]),
-          (arrays["test_images"], arrays["test_labels"]))
+    for info in infos:
+      key = info.filename.removesuffix(".npy")
+      try:
+        with z.open(info) as m:
+          version = np.lib.format.read_magic(m)
+          if version not in _HEADERS:
+            raise ValueError(f".npy format version {version} is not 1.0 or "
+                             "2.0, which numpy.savez writes")
+          shape, _, dtype = _HEADERS[version](m)
+          nbytes = m.tell() + math.prod(shape) * dtype.itemsize
+      except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+        raise _damaged(path, key, e) from None
+      except Exception as e:  # no .npy magic, a malformed header...
+        raise refuse(f"member {key} is not a readable .npy array "
+                     f"({_reason(e)})") from None
+      if dtype.hasobject:
+        raise refuse(f"refused: member {key} holds Python objects (dtype "
+                     f"{dtype}); reading it would need pickle, which can run "
+                     "arbitrary code, so it is not read", "save numeric arrays")
+      if nbytes != info.file_size:
+        raise refuse(f"refused: member {key} declares {info.file_size} bytes "
+                     f"but its .npy header describes {nbytes} (shape {shape}, "
+                     f"dtype {dtype}): the file is damaged or crafted")

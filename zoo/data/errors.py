@@ -41,18 +41,18 @@ class CorruptDataError(ZooError, ValueError):
 class DataNotFoundError(ZooError, FileNotFoundError):
   """No usable copy of a dataset was found anywhere we looked.
 
-  One line, the fix first: "Fashion-MNIST not found: <hints, or ...>; looked
+  One line, the fix first: "<title> not found: <hints, or ...>; looked
   in: <tried>". `.hints` are ways to get it, likeliest first; `.tried` the
   places looked, paths with a short note only where one helps.
   """
 
-  def __init__(self, dataset: str, tried: Sequence[str], hints: Sequence[str]):
+  def __init__(self, dataset: str, tried: Sequence[str], hints: Sequence[str],
+               title: str = ""):
     self.dataset = dataset
     self.tried = tuple(tried)
     self.hints = tuple(hints)
-    from zoo.data import catalog  # it imports this module
-    info = catalog.DATASETS.get(dataset)
-    message = (f"{info.title if info and info.title else dataset} not found: "
+    self.title = title  # the dataset's name for people, e.g. "Fashion-MNIST"
+    message = (f"{title or dataset} not found: "
                + ", or ".join(one_line(h) for h in self.hints)
                + "; looked in: " + ", ".join(one_line(p) for p in self.tried))
     super().__init__(message)
@@ -61,7 +61,7 @@ class DataNotFoundError(ZooError, FileNotFoundError):
     return self.args[0]
 
   def __reduce__(self):
-    return type(self), (self.dataset, self.tried, self.hints)
+    return type(self), (self.dataset, self.tried, self.hints, self.title)
 
 
 class SplitError(ZooError, ValueError):

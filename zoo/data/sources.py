@@ -284,7 +284,7 @@ def _decode_idx(info, source: _Source, split: str):
   except FileNotFoundError as e:  # Vanished since _find looked.
     raise DataNotFoundError(
         info.name, [f"{directory} ({e.filename} disappeared while it was "
-                    "being read)"], _hints(info, None)) from e
+                    "being read)"], _hints(info, None), info.title) from e
   expected = info.num_examples[split]
   if images.shape[0] != expected:
     raise CorruptDataError(image_path, f"holds {images.shape[0]} examples, "
@@ -366,7 +366,7 @@ def _check_data_dir(info, data_dir) -> str:
     problem = "does not exist"
   raise DataNotFoundError(
       info.name, [f"{path} ({problem})"],
-      [f"check --data-dir (data_dir) {path}", _LEAVE_OUT])
+      [f"check --data-dir (data_dir) {path}", _LEAVE_OUT], info.title)
 
 
 def _find(info, bases, data_dir, download, system_dirs) -> _Source:
@@ -410,7 +410,7 @@ def _find(info, bases, data_dir, download, system_dirs) -> _Source:
   else:
     how = "load with download=True to download it"
   raise DataNotFoundError(info.name, list(dict.fromkeys(tried)),
-                          _hints(info, data_dir, how))
+                          _hints(info, data_dir, how), info.title)
 
 
 _LEAVE_OUT = ("leave out --data-dir to search TFDS_DATA_DIR, ZOO_DATA_DIR and "

@@ -67,7 +67,7 @@ def _find_source_dir(info) -> str:
   raise DataNotFoundError(
       info.name, info.system_dirs,
       ([f"sudo apt-get install {info.apt_package}"] if info.apt_package
-       else []) + [_SOURCE_HINT])
+       else []) + [_SOURCE_HINT], info.title)
 
 
 def prepare_tfds_from_idx(dataset: str = "fashion_mnist",
@@ -94,7 +94,7 @@ def prepare_tfds_from_idx(dataset: str = "fashion_mnist",
         dataset, [f"{source_dir} (missing {', '.join(missing)})"],
         [_SOURCE_HINT] + ([f"sudo apt-get install {info.apt_package} (into "
                            f"{info.system_dirs[0]})"] if info.apt_package
-                          else []))
+                          else []), info.title)
   root = tfds_source.data_dir(data_dir)
   tfds = tfds_source.import_tfds()
   if not progress:

@@ -40,7 +40,7 @@ def measure(name: str, seeds: int = 3, *, data_dir: str | None = None,
     results.append(out.result)
     if seed == 0:  # ship seed 0's weights with the package
       shipped = weights.save(pretrained.path(name), out.params,
-                             out.model_state)
+                             out.model_state, entry=entry)
   curve = Path(runs_dir) / name / "seed0" / "learning_curve.png"
   if curve.exists() and curves_dir is not None:
     Path(curves_dir).mkdir(parents=True, exist_ok=True)
@@ -65,7 +65,7 @@ def measure(name: str, seeds: int = 3, *, data_dir: str | None = None,
       "machine": f"{platform.machine()}, {os.cpu_count()} cores",
       "versions": first["versions"],
       "params_sha256_seed0": first["params_sha256"],
-      "pretrained": {"file": f"zoo/pretrained/{name}.npz",
+      "pretrained": {"file": f"zoo/pretrained/{name}/model.safetensors",
                      "sha256": pretrained.sha256(shipped),
                      "seed": 0,
                      "test_accuracy": first["test_accuracy"],
@@ -79,15 +79,16 @@ def measure(name: str, seeds: int = 3, *, data_dir: str | None = None,
 def record(name: str, baseline: dict[str, Any]) -> None:
   """Stores one model's baseline in zoo/baselines.json (sorted, atomic) and,
   when it ships weights (`measure` does), their card beside them
-  (zoo/pretrained/<name>.json), built from this same record."""
+  (zoo/pretrained/<name>/config.json and README.md), built from this same
+  record."""
   path = registry.BASELINES_FILE
   data = json.loads(path.read_text()) if path.exists() else {}
   data[name] = baseline
   write_atomic(path, (json.dumps(data, indent=1, sort_keys=True)
                       + "\n").encode())
   if baseline.get("pretrained"):
-    from zoo import cards
-    cards.write(registry.get(name), baseline)
+    from zoo import hub, pretrained
+    hub.write_meta(pretrained.folder(name), registry.get(name), baseline)
 
 
 def table(baselines: dict[str, Any], names: list[str],

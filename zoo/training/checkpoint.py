@@ -57,9 +57,7 @@ import orbax.checkpoint as ocp
 from zoo.errors import ZooError
 from zoo.training.workdir import (WorkdirError, as_path, fs_errors, is_link,
                                   move_tree, remote_errors)
-# The .npz reading and writing live in zoo.npz; re-exported here.
-from zoo.npz import (CheckpointError, flatten, read_npz, specs,  # noqa: F401
-                     unflatten, write_npz)
+from zoo.errors import CheckpointError  # noqa: F401  (re-exported)
 
 log = logging.getLogger("zoo.checkpoint")
 

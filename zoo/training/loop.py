@@ -22,7 +22,7 @@ from zoo import registry
 from zoo.training import run as run_lib
 from zoo.training.epoch import EpochSums, NonFiniteError, StepRunner, choose_loop
 from zoo.training.evaluate import Evaluator
-from zoo.training.fingerprint import params_sha256
+from zoo.fingerprint import params_sha256
 from zoo.training.state import eval_params
 from zoo.training.preemption import PREEMPTED_EXIT_CODE, Preempted, Preemption
 from zoo.training.workdir import Workdir
@@ -68,7 +68,7 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
   images uint8 (0..255) or float (0..1) NHWC of the model's input shape,
   integer labels 0..k-1; the head is sized to k = max label + 1 (or
   `num_classes`, or len(`class_names`)); see zoo.data.arrays.
-  Fine-tuning: `init_from="pretrained"` or a weights .npz, and
+  Fine-tuning: `init_from="pretrained"`, a weights file or a model folder, and
   `trainable="head"` to train only the layer producing the logits.
   Control: `steps=N` instead of epochs, `eval_every=N` steps (rows with
   "eval" true in the history), `ema_decay=0.999` to evaluate and return a

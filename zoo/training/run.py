@@ -18,7 +18,7 @@ from zoo.data import arrays
 from zoo.errors import ConfigError, ZooError
 from zoo.training import checkpoint as ckpt_lib
 from zoo.training import strategies
-from zoo.training.fingerprint import params_sha256
+from zoo.fingerprint import params_sha256
 from zoo.training.optim import optimizer
 from zoo.training.state import (TrainState, check_weights, head_modules,
                                 init_state, init_weights)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
-from zoo import npz, weights
+from zoo import weights
+from zoo.errors import WeightsNotFoundError
 from zoo.training import checkpoint as ckpt_lib
 from zoo.training.workdir import as_path, is_link
 
@@ -40,7 +41,7 @@ def _newest(workdir: str | os.PathLike, entry_for_config):
   manager = ckpt_lib.CheckpointManager(as_path(workdir) / "checkpoints")
   steps = manager.steps()
   if not steps:
-    raise npz.WeightsNotFoundError(
+    raise WeightsNotFoundError(
         f"no checkpoint in {workdir}/checkpoints: train first (zoo train "
         f"NAME --workdir {workdir}).")
   errors = []

@@ -82,29 +82,42 @@ def head_modules(entry) -> frozenset[str]:
 
 def init_weights(entry) -> tuple[Any, Any, str]:
   """(params, model_state, where) that `train.init_from` names: the entry's
-  shipped pretrained weights (for its registered config) or a weights .npz
-  (zoo.weights.save), read pickle-free with a size bound; each as a
-  {tree path: array} dict, matched to the model by `merge_weights`."""
+  shipped pretrained weights (for its registered config), a weights file
+  (zoo.weights.save) or a model folder (zoo.hub), read by safetensors with
+  a size bound; each as a {"<module>/<name>": array} dict (zoo.weights
+  names), matched to the model by `merge_weights`."""
   from pathlib import Path
-  from zoo import npz, pretrained, registry
+  from zoo import hub, registry, weights
+  from zoo.errors import CheckpointError, WeightsNotFoundError
   source = entry.config["train"]["init_from"]
   if source == "pretrained":
+    from zoo import pretrained
     registered = pretrained.attach(registry.get(entry.name))
-    return (npz.flatten(registered.params), npz.flatten(registered.model_state),
+    return (weights.names(registered.params),
+            weights.names(registered.model_state),
             f"the pretrained weights of {entry.name}")
   path = Path(source)
-  if not path.is_file():
-    raise npz.WeightsNotFoundError(
-        f"train.init_from: {path} is not a file: pass a weights .npz written "
-        "by zoo.weights.save, or 'pretrained'.")
+  if path.is_dir():
+    path = hub.verify(path, hub.read_config(path))
+  elif not path.is_file():
+    raise WeightsNotFoundError(
+        f"train.init_from: {path} is not a file: pass a weights file written "
+        "by zoo.weights.save, a model folder, or 'pretrained'.")
   # A bound from the model's own size (the head may differ; 4x leaves room).
   params, _ = jax.eval_shape(entry.init_with_state, jax.random.PRNGKey(0),
                              entry.example_input())
   size = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
-  arrays = npz.read_npz(path, max_bytes=4 * size + (1 << 20))
-  split = lambda p: {k[len(p):]: v for k, v in arrays.items()
-                     if k.startswith(p)}
-  return split("params"), split("model_state"), str(path)
+  if path.stat().st_size > 4 * size + (1 << 20):
+    raise CheckpointError(
+        f"train.init_from: {path} holds {path.stat().st_size:,} bytes, far "
+        f"more than {entry.name}'s {size:,} bytes of parameters: these are "
+        "not weights of this model.")
+  arrays, _ = weights.read(path)
+  n = len(weights.STATE_PREFIX)
+  return ({k: v for k, v in arrays.items()
+           if not k.startswith(weights.STATE_PREFIX)},
+          {k[n:]: v for k, v in arrays.items()
+           if k.startswith(weights.STATE_PREFIX)}, str(path))
 
 
 def check_weights(entry, weights) -> None:
@@ -125,9 +138,9 @@ def merge_weights(fresh, loaded: dict, head: frozenset[str], what: str,
   fresh value (a new head for another number of classes). Any other
   mismatch is an error naming the leaf. Returns (tree, re-initialised
   paths)."""
-  from zoo import npz
+  from zoo.errors import CheckpointError
   flat, treedef = jax.tree_util.tree_flatten_with_path(fresh)
-  keys = [jax.tree_util.keystr(p) for p, _ in flat]
+  keys = [f"{p[0].key}/{p[1].key}" for p, _ in flat]  # zoo.weights.names
   extra = sorted(set(loaded) - set(keys))
   leaves, fresh_keys = [], []
   for (path, leaf), key in zip(flat, keys):
@@ -139,14 +152,14 @@ def merge_weights(fresh, loaded: dict, head: frozenset[str], what: str,
       why = ("is missing" if got is None else
              f"has shape {got.shape} {got.dtype}, the model "
              f"{leaf.shape} {leaf.dtype}")
-      raise npz.CheckpointError(
-          f"train.init_from: {what}{key} of {where} {why}; only the head "
+      raise CheckpointError(
+          f"train.init_from: {what} {key} of {where} {why}; only the head "
           f"({', '.join(sorted(head))}) may differ. Were they saved for "
           "another architecture or model config?")
     leaves.append(leaf)
     fresh_keys.append(key)
   if extra:
-    raise npz.CheckpointError(
-        f"train.init_from: {where} holds {what}{extra[0]}, which the model "
+    raise CheckpointError(
+        f"train.init_from: {where} holds {what} {extra[0]}, which the model "
         "lacks. Were they saved for another architecture or model config?")
   return jax.tree_util.tree_unflatten(treedef, leaves), fresh_keys
