@@ -197,8 +197,8 @@ def test_cli_evaluates_by_repo_id(hub, folder, tmp_path):
   hub.add_repo("zoo-org/logreg", _files(folder))
   run = lambda offline: subprocess.run(
       [sys.executable, "-m", "zoo.cli", "eval", MODEL, "--weights",
-       "zoo-org/logreg"], capture_output=True, text=True,
-      cwd=REPO, env=hub.subprocess_env(tmp_path / "hf", offline=offline),
+       "zoo-org/logreg", "--out", str(tmp_path / "eval")],
+      capture_output=True, text=True, cwd=tmp_path, env=hub.subprocess_env(tmp_path / "hf", offline=offline),
       timeout=300)
   online = run(False)
   assert online.returncode == 0, online.stderr
@@ -206,6 +206,8 @@ def test_cli_evaluates_by_repo_id(hub, folder, tmp_path):
   offline = run(True)
   assert offline.returncode == 0, offline.stderr
   assert offline.stdout == online.stdout and hub.count() == served
+  assert json.loads((tmp_path / "eval" / "eval.json").read_text())[
+      "accuracy"] == json.loads(online.stdout)["accuracy"]
   shutil.rmtree(tmp_path / "hf")
   missing = run(True)
   assert missing.returncode == 2
