@@ -10,7 +10,8 @@
 #            (docs/check_site.py: images, internal links, console, requests;
 #            its own tests first)
 #   full     Python 3.13 with the newest releases and every extra
-#            ('.[test]'): the whole suite (CPU, 8 virtual devices)
+#            ('.[test]'): the whole suite (CPU, 8 virtual devices); a
+#            Python 3.11 venv with torch's CPU build for the peer benchmark
 # ZOO_TEST_STAGES picks stages (default "release floor docs full"); extra
 # arguments go to the full suite's pytest, e.g.
 # `bash scripts/test.sh -k checkpoint`.
@@ -58,6 +59,10 @@ for s in ${ZOO_TEST_STAGES:-release floor docs full}; do
       stage "full: Python 3.13, newest releases, every extra, whole suite"
       zoo_venv .venv-test "$(zoo_python 3.13)" -e '.[test]'
       .venv-test/bin/python -c 'import jax; print("full: jax", jax.__version__)'
+      # The PyTorch side of bench/peer_cpu.py, for its test: torch 2.13.0's
+      # CPU build (the one this machine keeps on disk for Python 3.11).
+      zoo_venv .venv-torch "$(zoo_python 3.11)" 'torch==2.13.0' 'numpy>=1.26,<3'
+      export ZOO_TORCH_PYTHON="$ZOO_ROOT/.venv-torch/bin/python"
       .venv-test/bin/python -m pytest zoo_tests -q -n "$workers" \
         --dist loadgroup -m "" "$@" ;;
     *) echo "zoo: error: unknown ZOO_TEST_STAGES entry $s: use release, floor, docs, full" >&2

@@ -16,6 +16,7 @@ modules take the functions themselves.
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Callable, Sequence
 
 import haiku as hk
@@ -48,25 +49,31 @@ def _tiled_max(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 
 def _tiled_max_fwd(x, shape):
-  return _tiled_max(x, shape), x
+  out = _tiled_max(x, shape)
+  return out, (x, out)
 
 
-def _tiled_max_bwd(shape, x, g):
-  axes = _window_axes(shape)
-  xs = x.reshape(shape)
-  is_max = xs == jnp.expand_dims(xs.max(axis=axes), axes)
-  # Row-major position of each element inside its window; the first maximum
-  # is the one with the smallest position.
-  pos = jnp.zeros([1] * len(shape), jnp.int32)
-  for a in axes:
-    iota = jax.lax.broadcasted_iota(jnp.int32, [shape[a] if i == a else 1
-                                                for i in range(len(shape))], a)
-    pos = pos * shape[a] + iota
-  size = functools.reduce(lambda n, a: n * shape[a], axes, 1)
-  ranked = jnp.where(is_max, pos, size)
-  first = ranked == jnp.expand_dims(ranked.min(axis=axes), axes)
-  grad = jnp.where(first, jnp.expand_dims(g, axes), jnp.zeros((), g.dtype))
-  return (grad.reshape(x.shape),)
+def _tiled_max_bwd(shape, res, g):
+  """Each window position is a strided slice of `x` the size of `g`; walking
+  them in row-major order, the first slice equal to the maximum takes `g`.
+  The slices' gradients are then interleaved back into `x`'s layout by one
+  stack, transpose and reshape. The same result as a mask over the reshaped
+  windows, at about half its cost on CPU (`python bench/pooling.py`)."""
+  x, out = res
+  window = tuple(shape[a] for a in _window_axes(shape))
+  zero = jnp.zeros((), g.dtype)
+  taken = None
+  parts = []
+  for offset in itertools.product(*(range(w) for w in window)):
+    part = x[tuple(slice(o, None, w) for o, w in zip(offset, window))]
+    hit = part == out
+    parts.append(jnp.where(hit if taken is None else hit & ~taken, g, zero))
+    taken = hit if taken is None else taken | hit
+  # (w0, w1, ..., d0, d1, ...) -> (d0, w0, d1, w1, ...) -> x's shape.
+  n = len(window)
+  stacked = jnp.stack(parts).reshape(window + g.shape)
+  perm = [i for a in range(n) for i in (n + a, a)]
+  return (stacked.transpose(perm).reshape(x.shape),)
 
 
 _tiled_max.defvjp(_tiled_max_fwd, _tiled_max_bwd)

@@ -81,6 +81,21 @@ def test_pooling_bench_finds_identical_gradients(capsys):
   assert "bit-identical" in capsys.readouterr().out
 
 
+def test_conv_lowering_bench_times_every_variant_against_lax(capsys):
+  bench = _load("conv_lowering")
+  rows = bench.main(["--batch-sizes", "16", "--steps", "2", "--repeats", "1"])
+  assert sorted(v for _, v in rows) == sorted(bench.VARIANTS)
+  ref = rows[(16, "lax NHWC")]
+  assert ref["ratio"] == 1.0 and ref["grad_rel_diff"] == 0.0
+  for r in rows.values():
+    assert r["images_per_second"] > 0
+    # Each variant computes the same gradients up to float32 rounding (sums
+    # of 10^5 terms in another order; 9e-4 is the largest seen).
+    assert 0.0 <= r["grad_rel_diff"] < 1e-2
+  assert rows[(16, "conv_0 shifted")]["grad_rel_diff"] > 0.0
+  assert "vs lax NHWC" in capsys.readouterr().out
+
+
 def test_time_to_accuracy_runs_the_baseline_config_in_a_fresh_process(
     train_speed):
   out = train_speed.time_to_accuracy("logreg_fashion_mnist", 0.5, "float32")
@@ -188,3 +203,69 @@ def test_strategies_bench_times_pmap_and_mesh_on_the_same_runs(
   # A row whose process fails is reported, and the others go on.
   row = bench.run_row("logreg_fashion_mnist", 30, 4, 3, 1)
   assert "divisible by 4" in row["error"] and "mesh_over_pmap" not in row
+
+
+def _torch_python():
+  """The Python that has torch for the peer benchmark (CI: .venv-torch)."""
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  python = os.environ.get("ZOO_TORCH_PYTHON", sys.executable)
+  if subprocess.run([python, "-c", "import torch"],
+                    capture_output=True).returncode:
+    pytest.skip("no torch: set ZOO_TORCH_PYTHON (scripts/test.sh makes "
+                ".venv-torch)")
+  return python
+
+
+def test_peer_cpu_trains_both_sides_in_alternating_rounds(tmp_path, capsys):
+  bench = _load("peer_cpu")
+  out = tmp_path / "peer.json"
+  rows = bench.main(["--torch-python", _torch_python(), "--rounds", "2",
+                     "--train-split", "train[:1024]",
+                     "--test-split", "test[:300]", "--json", str(out)])
+  assert [(r["round"], r["model"]) for r in rows] == [
+      (1, "cnn_fashion_mnist"), (1, "mlp_fashion_mnist"),
+      (2, "cnn_fashion_mnist"), (2, "mlp_fashion_mnist")]
+  assert [r["order"] for r in rows[::2]] == [["zoo", "pytorch"],
+                                             ["pytorch", "zoo"]]
+  for r in rows:
+    for side in ("zoo", "pytorch"):
+      run = r[side]
+      assert run["side"] == side and run["images_per_second"] > 0
+      assert run["process_seconds"] > 0 and 0 <= run["others_cpu_share"] <= 1
+      assert len(run["accuracy"]) == 1 and 0.3 < run["accuracy"][0] <= 1
+    assert r["ratio_images_per_second"] == round(
+        r["zoo"]["images_per_second"] / r["pytorch"]["images_per_second"], 3)
+    assert r["busy"] == (max(r["zoo"]["others_cpu_share"],
+                             r["pytorch"]["others_cpu_share"]) > 0.10)
+  assert rows[0]["pytorch"]["versions"]["threads"] >= 1
+  summary = json.loads(out.read_text())["summary"]
+  for name in ("cnn_fashion_mnist", "mlp_fashion_mnist"):
+    idle = [r for r in rows if r["model"] == name and not r["busy"]]
+    assert summary[name]["idle_rounds"] == len(idle)
+    assert (summary[name]["ratio_images_per_second"] is None) == (not idle)
+  printed = capsys.readouterr().out
+  assert "zoo/PyTorch over idle rounds" in printed and "load" in printed
+
+
+def test_peer_cpu_refuses_a_model_without_a_pytorch_twin():
+  bench = _load("peer_cpu")
+  with pytest.raises(SystemExit, match="cnn and mlp architectures only"):
+    bench.torch_spec(zoo.get("lstm_fashion_mnist"), 1, 2)
+  spec = bench.torch_spec(zoo.get("cnn_fashion_mnist"), 3, 2)
+  assert spec == {"arch": "cnn", "channels": [32, 64], "hidden_size": 128,
+                  "learning_rate": 1e-3, "batch_size": 128, "epochs": 3,
+                  "threads": 2, "seed": 0}
+
+
+def test_cpu_flags_compares_each_flag_set_to_none(capsys):
+  bench = _load("cpu_flags")
+  summary = bench.main(["--flag-set=--xla_cpu_use_onednn=true",
+                        "--models", "logreg_fashion_mnist", "--steps", "3",
+                        "--rounds", "2"])
+  none = summary[("logreg_fashion_mnist", "")]
+  assert none["ratio"] == 1.0 and none["same_params"]
+  flagged = summary[("logreg_fashion_mnist", "--xla_cpu_use_onednn=true")]
+  assert flagged["images_per_second"] > 0
+  assert isinstance(flagged["same_params"], bool)
+  assert "vs none" in capsys.readouterr().out
