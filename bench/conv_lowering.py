@@ -27,7 +27,9 @@ adopting it would mean measuring the baselines again).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import haiku as hk
 import jax
@@ -38,6 +40,9 @@ from jax import lax
 
 from zoo import data
 from zoo.pooling import max_pool
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pooling as pooling_bench  # noqa: E402  (bench/pooling.py: the step)
 
 
 def _shifts(x):
@@ -117,28 +122,21 @@ def cnn(variant):
 
 
 def _loss(net):
-  def loss_fn(params, x, y):
-    logits = net.apply(params, x)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-  return loss_fn
+  """The loss of bench/pooling.py's step (softmax cross-entropy)."""
+  return pooling_bench.make_step(net, optax.adam(1e-3))[1]
 
 
 def make_run(variant, params, images, labels, batch, steps):
   """A warmed-up function running `steps` jitted Adam steps of `variant`."""
-  loss_fn, tx = _loss(cnn(variant)), optax.adam(1e-3)
-
-  @jax.jit
-  def step(params, opt_state, x, y):
-    grads = jax.grad(loss_fn)(params, x, y)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
+  tx = optax.adam(1e-3)
+  step = jax.jit(pooling_bench.make_step(cnn(variant), tx)[0])
 
   def run():
-    p, s = params, tx.init(params)
+    carry = (params, tx.init(params))
     for i in range(steps):
-      p, s = step(p, s, images[i * batch:(i + 1) * batch],
-                  labels[i * batch:(i + 1) * batch])
-    return p
+      carry, _ = step(carry, (images[i * batch:(i + 1) * batch],
+                              labels[i * batch:(i + 1) * batch]))
+    return carry
   jax.block_until_ready(run())  # compile and warm up
   return run
 

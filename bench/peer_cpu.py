@@ -125,6 +125,12 @@ def write_arrays(directory: Path, train_split: str, test_split: str) -> None:
     np.save(directory / f"{part}_labels.npy", np.asarray(s.labels))
 
 
+def _median(values):
+  """The median of the values that are not None; None if there are none."""
+  known = [v for v in values if v is not None]
+  return statistics.median(known) if known else None
+
+
 def _fmt(ratio) -> str:
   return "n/a" if ratio is None else f"{ratio:.2f}"
 
@@ -177,16 +183,17 @@ def main(argv=None) -> list[dict]:
         f"{zoo_env.get('XLA_FLAGS', '')!r}")
   with tempfile.TemporaryDirectory() as tmp:
     write_arrays(Path(tmp), args.train_split, args.test_split)
+    commands = {name: {
+        "zoo": ([sys.executable, __file__, "--zoo-child", name,
+                 json.dumps(zoo_spec)], zoo_env),
+        "pytorch": ([args.torch_python, str(BENCH / "peer_torch.py"), tmp,
+                     json.dumps(torch_spec(zoo.get(name), args.epochs,
+                                           args.threads))], env)}
+        for name in args.models}
     for rnd in range(args.rounds):
       for name in args.models:
-        entry = zoo.get(name)
         target = TARGETS.get(name, 0.0)
-        sides = {
-            "zoo": ([sys.executable, __file__, "--zoo-child", name,
-                     json.dumps(zoo_spec)], zoo_env),
-            "pytorch": ([args.torch_python, str(BENCH / "peer_torch.py"), tmp,
-                         json.dumps(torch_spec(entry, args.epochs,
-                                               args.threads))], env)}
+        sides = commands[name]
         order = ["zoo", "pytorch"] if rnd % 2 == 0 else ["pytorch", "zoo"]
         runs = {}
         for side in order:
@@ -221,17 +228,14 @@ def main(argv=None) -> list[dict]:
   summary = {}
   for name in args.models:
     idle = [r for r in rows if r["model"] == name and not r["busy"]]
-    med = lambda k: (statistics.median(v for v in (r[k] for r in idle)
-                                       if v is not None)
-                     if any(r[k] is not None for r in idle) else None)
-    summary[name] = {k: med(k) for k in ("ratio_images_per_second",
-                                         "ratio_process_time",
-                                         "ratio_time_to_target")}
+    summary[name] = {k: _median(r[k] for r in idle)
+                     for k in ("ratio_images_per_second",
+                               "ratio_process_time", "ratio_time_to_target")}
     summary[name]["idle_rounds"] = len(idle)
-    fmt = _fmt
-    print(f"  {name:<20} images/s {fmt(summary[name]['ratio_images_per_second'])}"
-          f"  process time {fmt(summary[name]['ratio_process_time'])}"
-          f"  time to target {fmt(summary[name]['ratio_time_to_target'])}"
+    print(f"  {name:<20} images/s "
+          f"{_fmt(summary[name]['ratio_images_per_second'])}"
+          f"  process time {_fmt(summary[name]['ratio_process_time'])}"
+          f"  time to target {_fmt(summary[name]['ratio_time_to_target'])}"
           f"  ({len(idle)} idle rounds of {args.rounds})")
   if args.json:
     Path(args.json).write_text(json.dumps({"rows": rows, "summary": summary},

@@ -80,8 +80,8 @@ def main(argv: list[str]) -> None:
   train_x, train_y = _tensors(data_dir, "train")
   test_x, test_y = _tensors(data_dir, "test")
   classes = int(max(train_y.max(), test_y.max())) + 1
-  net = network(spec, tuple(np.load(data_dir / "train_images.npy",
-                                    mmap_mode="r").shape[1:]), classes)
+  _, c, h, w = train_x.shape
+  net = network(spec, (h, w, c), classes)
   batch = spec["batch_size"]
   steps_per_epoch = len(train_x) // batch
   total = steps_per_epoch * spec["epochs"]

