@@ -140,13 +140,20 @@ def _seconds(value) -> str:
 
 
 def _check_torch(python: str) -> None:
-  probe = subprocess.run([python, "-c", "import torch, numpy"],
-                         capture_output=True, text=True)
-  if probe.returncode:
-    raise SystemExit(
-        f"{python} cannot import torch: pip install -e '.[bench]' there, or "
-        "pass --torch-python with a Python that has torch (e.g. a venv with "
-        "`pip install torch==2.13.0 numpy`)")
+  """One line and exit 2 when `python` is missing or has no torch."""
+  try:
+    probe = subprocess.run([python, "-c", "import torch, numpy"],
+                           capture_output=True, text=True)
+  except OSError as e:
+    probe = None
+    why = f"cannot be run ({e.strerror})"
+  if probe is None or probe.returncode:
+    if probe is not None:
+      why = "cannot import torch"
+    print(f"peer_cpu: error: {python} {why}: pip install -e '.[bench]' "
+          "there, or pass --torch-python with a Python that has torch (e.g. "
+          "a venv with `pip install torch==2.13.0 numpy`)", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main(argv=None) -> list[dict]:

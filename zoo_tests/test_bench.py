@@ -248,6 +248,30 @@ def test_peer_cpu_trains_both_sides_in_alternating_rounds(tmp_path, capsys):
   assert "zoo/PyTorch over idle rounds" in printed and "load" in printed
 
 
+def _peer_cpu_error(bench, python, capsys) -> str:
+  with pytest.raises(SystemExit) as exit_info:
+    bench.main(["--torch-python", python])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "[bench]" in err[0], err
+  return err[0]
+
+
+def test_peer_cpu_refuses_a_missing_python_in_one_line(capsys):
+  bench = _load("peer_cpu")
+  assert "cannot be run" in _peer_cpu_error(bench, "/nonexistent/python",
+                                            capsys)
+
+
+def test_peer_cpu_refuses_a_python_without_torch_in_one_line(capsys):
+  if not subprocess.run([sys.executable, "-c", "import torch"],
+                        capture_output=True).returncode:
+    pytest.skip("this Python has torch")
+  bench = _load("peer_cpu")
+  assert "cannot import torch" in _peer_cpu_error(bench, sys.executable,
+                                                  capsys)
+
+
 def test_peer_cpu_refuses_a_model_without_a_pytorch_twin():
   bench = _load("peer_cpu")
   with pytest.raises(SystemExit, match="cnn and mlp architectures only"):
