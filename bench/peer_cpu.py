@@ -13,11 +13,19 @@ took more than --busy of the CPU is marked busy and left out of the medians
     python bench/peer_cpu.py --torch-python .venv-torch/bin/python
     python bench/peer_cpu.py --models cnn_fashion_mnist --rounds 5 --epochs 2
     python bench/peer_cpu.py --zoo-xla-flags=--xla_cpu_use_onednn=true  # try a flag
+    python bench/peer_cpu.py --tuned-pytorch   # also PyTorch with zoo's malloc settings
 
 Prints, per run, train images/s (the training loop only), the process wall
 time, the seconds from process start to the first epoch reaching the
-model's target accuracy, the accuracy per epoch; per round the zoo/PyTorch
-ratios, and their medians over the idle rounds.
+model's target accuracy, the accuracy per epoch, peak resident memory and
+minor page faults; per round the zoo/PyTorch ratios, and their medians over
+the idle rounds.
+
+zoo keeps XLA's step buffers mapped on the CPU (zoo/training/host_memory.py:
+glibc malloc settings, set inside its own process). PyTorch runs as its
+users run it, with glibc's defaults; `--tuned-pytorch` adds a third side,
+PyTorch started with the same settings (GLIBC_TUNABLES), so the table shows
+what they are worth to either framework.
 """
 from __future__ import annotations
 
@@ -50,13 +58,17 @@ def _zoo_child(name: str, spec: dict) -> None:
   out = zoo.train(name, progress=False, epochs=spec["epochs"],
                   **{"data.train_split": spec["train_split"],
                      "data.test_split": spec["test_split"]})
+  use = resource.getrusage(resource.RUSAGE_SELF)
   print(json.dumps({
       "side": "zoo", "version": zoo.__version__, "jax": jax.__version__,
+      "host_malloc": out.result["host_malloc"],
       "t_start": t_start, "t_train": t_train,
       "history": [{"epoch": r["epoch"], "test_accuracy": r["test_accuracy"],
                    "images_per_second": r["images_per_second"],
                    "end": t_train + r["wall_seconds"]}
-                  for r in out.history if not r.get("eval")]}))
+                  for r in out.history if not r.get("eval")],
+      "max_rss_mib": round(use.ru_maxrss / 1024, 1),
+      "minor_faults": use.ru_minflt}))
 
 
 def torch_spec(entry, epochs: int, threads: int) -> dict:
@@ -112,8 +124,12 @@ def run_child(cmd: list[str], env: dict, target: float) -> dict:
           "seconds_to_target": (round(reached[0]["end"] - t_spawn, 2)
                                 if reached else None),
           "accuracy": [round(r["test_accuracy"], 4) for r in out["history"]],
+          "max_rss_mib": out["max_rss_mib"],
+          "minor_faults": out["minor_faults"],
           "versions": {k: out[k] for k in ("version", "jax", "threads",
-                                           "onednn") if k in out}}
+                                           "onednn", "host_malloc",
+                                           "glibc_tunables")
+                       if k in out}}
 
 
 def write_arrays(directory: Path, train_split: str, test_split: str) -> None:
@@ -156,6 +172,49 @@ def _check_torch(python: str) -> None:
     raise SystemExit(2)
 
 
+RATIOS = ("images_per_second", "process_time", "time_to_target")
+
+
+def ratios(z: dict, peer: dict) -> dict:
+  """zoo/peer speed ratios of one round (> 1: zoo is faster)."""
+  return {"images_per_second": round(
+              z["images_per_second"] / peer["images_per_second"], 3),
+          "process_time": round(
+              peer["process_seconds"] / z["process_seconds"], 3),
+          "time_to_target": (round(
+              peer["seconds_to_target"] / z["seconds_to_target"], 3)
+              if z["seconds_to_target"] and peer["seconds_to_target"]
+              else None)}
+
+
+def _round(rnd: int, name: str, sides: dict, busy: float) -> dict:
+  """One round of `name`: every side once, the order rotated each round."""
+  target = TARGETS.get(name, 0.0)
+  order = list(sides)
+  order = order[rnd % len(order):] + order[:rnd % len(order)]
+  runs = {}
+  for side in order:
+    runs[side] = r = run_child(*sides[side], target)
+    print(f"round {rnd + 1} {name:<20} {side:<13} "
+          f"{r['images_per_second']:>8.0f} img/s  process "
+          f"{r['process_seconds']:>6.1f}s  to {target:.0%} "
+          f"{_seconds(r['seconds_to_target'])}  acc {r['accuracy']}  "
+          f"rss {r['max_rss_mib']:.0f} MiB  faults {r['minor_faults']:,}  "
+          f"load {r['load_1min']:.2f} others {r['others_cpu_share']:.0%}",
+          flush=True)
+  row = {"round": rnd + 1, "model": name, "order": order, **runs,
+         "busy": max(r["others_cpu_share"] for r in runs.values()) > busy,
+         "ratios": {peer: ratios(runs["zoo"], runs[peer])
+                    for peer in order if peer != "zoo"}}
+  for peer, q in row["ratios"].items():
+    print(f"round {rnd + 1} {name:<20} zoo/{peer}: images/s "
+          f"{q['images_per_second']:.2f}, speed by process time "
+          f"{q['process_time']:.2f}, by time to target "
+          f"{_fmt(q['time_to_target'])}"
+          + ("  (busy: left out)" if row["busy"] else ""), flush=True)
+  return row
+
+
 def main(argv=None) -> list[dict]:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
@@ -170,6 +229,8 @@ def main(argv=None) -> list[dict]:
                  help="XLA_FLAGS for the zoo side (default: as inherited)")
   p.add_argument("--train-split", default="train")
   p.add_argument("--test-split", default="test")
+  p.add_argument("--tuned-pytorch", action="store_true",
+                 help="also run PyTorch with zoo's glibc malloc settings")
   p.add_argument("--busy", type=float, default=0.10,
                  help="others' CPU share above which a round is busy")
   p.add_argument("--json", default=None)
@@ -179,6 +240,7 @@ def main(argv=None) -> list[dict]:
     return _zoo_child(args.zoo_child[0], json.loads(args.zoo_child[1]))
   _check_torch(args.torch_python)
   import zoo  # pylint: disable=g-import-not-at-top
+  from zoo.training import host_memory  # pylint: disable=g-import-not-at-top
   env = dict(os.environ)
   zoo_env = dict(env) if args.zoo_xla_flags is None else {
       **env, "XLA_FLAGS": args.zoo_xla_flags}
@@ -190,60 +252,35 @@ def main(argv=None) -> list[dict]:
         f"{zoo_env.get('XLA_FLAGS', '')!r}")
   with tempfile.TemporaryDirectory() as tmp:
     write_arrays(Path(tmp), args.train_split, args.test_split)
-    commands = {name: {
-        "zoo": ([sys.executable, __file__, "--zoo-child", name,
-                 json.dumps(zoo_spec)], zoo_env),
-        "pytorch": ([args.torch_python, str(BENCH / "peer_torch.py"), tmp,
-                     json.dumps(torch_spec(zoo.get(name), args.epochs,
-                                           args.threads))], env)}
-        for name in args.models}
+    commands = {}
+    for name in args.models:
+      torch_cmd = [args.torch_python, str(BENCH / "peer_torch.py"), tmp,
+                   json.dumps(torch_spec(zoo.get(name), args.epochs,
+                                         args.threads))]
+      commands[name] = {
+          "zoo": ([sys.executable, __file__, "--zoo-child", name,
+                   json.dumps(zoo_spec)], zoo_env),
+          "pytorch": (torch_cmd, env)}
+      if args.tuned_pytorch:
+        commands[name]["pytorch_tuned"] = (torch_cmd, {
+            **env, "GLIBC_TUNABLES": host_memory.GLIBC_TUNABLES})
     for rnd in range(args.rounds):
       for name in args.models:
-        target = TARGETS.get(name, 0.0)
-        sides = commands[name]
-        order = ["zoo", "pytorch"] if rnd % 2 == 0 else ["pytorch", "zoo"]
-        runs = {}
-        for side in order:
-          runs[side] = run_child(*sides[side], target)
-          r = runs[side]
-          print(f"round {rnd + 1} {name:<20} {side:<8} "
-                f"{r['images_per_second']:>8.0f} img/s  process "
-                f"{r['process_seconds']:>6.1f}s  to {target:.0%} "
-                f"{_seconds(r['seconds_to_target'])}  acc "
-                f"{r['accuracy']}  load {r['load_1min']:.2f} others "
-                f"{r['others_cpu_share']:.0%}", flush=True)
-        z, t = runs["zoo"], runs["pytorch"]
-        row = {"round": rnd + 1, "model": name, "order": order,
-               "zoo": z, "pytorch": t,
-               "busy": max(z["others_cpu_share"],
-                           t["others_cpu_share"]) > args.busy,
-               "ratio_images_per_second": round(
-                   z["images_per_second"] / t["images_per_second"], 3),
-               "ratio_process_time": round(
-                   t["process_seconds"] / z["process_seconds"], 3),
-               "ratio_time_to_target": (round(
-                   t["seconds_to_target"] / z["seconds_to_target"], 3)
-                   if z["seconds_to_target"] and t["seconds_to_target"]
-                   else None)}
-        rows.append(row)
-        print(f"round {rnd + 1} {name:<20} zoo/PyTorch: images/s "
-              f"{row['ratio_images_per_second']:.2f}, speed by process time "
-              f"{row['ratio_process_time']:.2f}, by time to target "
-              f"{_fmt(row['ratio_time_to_target'])}"
-              + ("  (busy: left out)" if row["busy"] else ""), flush=True)
+        rows.append(_round(rnd, name, commands[name], args.busy))
   print("\nzoo/PyTorch over idle rounds (median; > 1 means zoo is faster):")
   summary = {}
   for name in args.models:
     idle = [r for r in rows if r["model"] == name and not r["busy"]]
-    summary[name] = {k: _median(r[k] for r in idle)
-                     for k in ("ratio_images_per_second",
-                               "ratio_process_time", "ratio_time_to_target")}
-    summary[name]["idle_rounds"] = len(idle)
-    print(f"  {name:<20} images/s "
-          f"{_fmt(summary[name]['ratio_images_per_second'])}"
-          f"  process time {_fmt(summary[name]['ratio_process_time'])}"
-          f"  time to target {_fmt(summary[name]['ratio_time_to_target'])}"
-          f"  ({len(idle)} idle rounds of {args.rounds})")
+    summary[name] = {"idle_rounds": len(idle)}
+    for peer in [s for s in commands[name] if s != "zoo"]:
+      summary[name][peer] = {k: _median(r["ratios"][peer][k] for r in idle)
+                             for k in RATIOS}
+      m = summary[name][peer]
+      print(f"  {name:<20} vs {peer:<14} images/s "
+            f"{_fmt(m['images_per_second'])}"
+            f"  process time {_fmt(m['process_time'])}"
+            f"  time to target {_fmt(m['time_to_target'])}"
+            f"  ({len(idle)} idle rounds of {args.rounds})")
   if args.json:
     Path(args.json).write_text(json.dumps({"rows": rows, "summary": summary},
                                           indent=1))

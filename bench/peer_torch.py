@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -110,8 +112,16 @@ def main(argv: list[str]) -> None:
   print(json.dumps({"side": "pytorch", "version": torch.__version__,
                     "threads": torch.get_num_threads(),
                     "onednn": torch.backends.mkldnn.is_available(),
+                    "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
                     "t_start": T_START, "t_train": t_train,
-                    "history": history}))
+                    "history": history, **memory()}))
+
+
+def memory() -> dict:
+  """This process's peak resident memory and page faults so far."""
+  use = resource.getrusage(resource.RUSAGE_SELF)
+  return {"max_rss_mib": round(use.ru_maxrss / 1024, 1),
+          "minor_faults": use.ru_minflt}
 
 
 if __name__ == "__main__":

@@ -17,6 +17,11 @@ in steady state (its second epoch) with compilation timed apart.
 Prints images/s and the ratios zoo/plain loop and zoo/best plain per model
 and batch size, the pmap-on-one-device/jit ratio, compile times and peak
 memory.
+
+On the CPU, zoo's glibc malloc settings (zoo/training/host_memory.py) are
+per process, so they are set before anything runs here and every side
+runs with them: the ratios compare the loops, not the allocators
+(bench/host_memory.py measures the settings themselves).
 """
 from __future__ import annotations
 
@@ -263,6 +268,8 @@ def main(argv=None):
   if args.time_to_accuracy_child:
     return _time_to_accuracy_child(*args.time_to_accuracy_child)
 
+  from zoo.training import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.keep_step_buffers()  # every side alike (see above)
   device = jax.local_devices()[0]
   train_split = data.load("fashion_mnist", "train")
   images = np.asarray(data.to_float(train_split.images))

@@ -36,6 +36,7 @@ SLOW_TESTS = {
     "test_savedmodel_export_prints_no_tensorflow_log_lines",
     "test_mesh_trains_batchnorm_and_dropout_to_one_devices_numbers",
     "test_file_size_limit_during_a_save_keeps_the_last_good_checkpoint",
+    "test_cpu_steps_reuse_their_buffers_and_compute_the_same_bits",
 }
 
 

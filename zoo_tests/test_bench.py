@@ -217,35 +217,47 @@ def _torch_python():
   return python
 
 
-def test_peer_cpu_trains_both_sides_in_alternating_rounds(tmp_path, capsys):
+def test_peer_cpu_trains_every_side_in_rotating_rounds(tmp_path, capsys):
   bench = _load("peer_cpu")
   out = tmp_path / "peer.json"
-  rows = bench.main(["--torch-python", _torch_python(), "--rounds", "2",
-                     "--train-split", "train[:1024]",
+  rows = bench.main(["--torch-python", _torch_python(), "--rounds", "3",
+                     "--tuned-pytorch", "--train-split", "train[:1024]",
                      "--test-split", "test[:300]", "--json", str(out)])
-  assert [(r["round"], r["model"]) for r in rows] == [
-      (1, "cnn_fashion_mnist"), (1, "mlp_fashion_mnist"),
-      (2, "cnn_fashion_mnist"), (2, "mlp_fashion_mnist")]
-  assert [r["order"] for r in rows[::2]] == [["zoo", "pytorch"],
-                                             ["pytorch", "zoo"]]
+  assert [(r["round"], r["model"]) for r in rows[::2]] == [
+      (1, "cnn_fashion_mnist"), (2, "cnn_fashion_mnist"),
+      (3, "cnn_fashion_mnist")]
+  assert [r["order"] for r in rows[::2]] == [
+      ["zoo", "pytorch", "pytorch_tuned"], ["pytorch", "pytorch_tuned", "zoo"],
+      ["pytorch_tuned", "zoo", "pytorch"]]
+  sides = ("zoo", "pytorch", "pytorch_tuned")
   for r in rows:
-    for side in ("zoo", "pytorch"):
+    for side in sides:
       run = r[side]
-      assert run["side"] == side and run["images_per_second"] > 0
+      assert run["side"] == side.split("_")[0]
+      assert run["images_per_second"] > 0 and run["max_rss_mib"] > 50
+      assert run["minor_faults"] > 0
       assert run["process_seconds"] > 0 and 0 <= run["others_cpu_share"] <= 1
       assert len(run["accuracy"]) == 1 and 0.3 < run["accuracy"][0] <= 1
-    assert r["ratio_images_per_second"] == round(
-        r["zoo"]["images_per_second"] / r["pytorch"]["images_per_second"], 3)
-    assert r["busy"] == (max(r["zoo"]["others_cpu_share"],
-                             r["pytorch"]["others_cpu_share"]) > 0.10)
+    # zoo ran with its malloc settings (this is glibc, JAX only has the CPU).
+    assert r["zoo"]["versions"]["host_malloc"] == "kept"
+    assert r["pytorch"]["versions"]["glibc_tunables"] == ""
+    assert "arena_max=1" in r["pytorch_tuned"]["versions"]["glibc_tunables"]
+    for peer in ("pytorch", "pytorch_tuned"):
+      assert r["ratios"][peer]["images_per_second"] == round(
+          r["zoo"]["images_per_second"] / r[peer]["images_per_second"], 3)
+      assert r["ratios"][peer]["process_time"] == round(
+          r[peer]["process_seconds"] / r["zoo"]["process_seconds"], 3)
+    assert r["busy"] == (max(r[s]["others_cpu_share"] for s in sides) > 0.10)
   assert rows[0]["pytorch"]["versions"]["threads"] >= 1
   summary = json.loads(out.read_text())["summary"]
   for name in ("cnn_fashion_mnist", "mlp_fashion_mnist"):
     idle = [r for r in rows if r["model"] == name and not r["busy"]]
     assert summary[name]["idle_rounds"] == len(idle)
-    assert (summary[name]["ratio_images_per_second"] is None) == (not idle)
+    for peer in ("pytorch", "pytorch_tuned"):
+      assert (summary[name][peer]["images_per_second"] is None) == (not idle)
   printed = capsys.readouterr().out
   assert "zoo/PyTorch over idle rounds" in printed and "load" in printed
+  assert "vs pytorch_tuned" in printed and "MiB" in printed
 
 
 def _peer_cpu_error(bench, python, capsys) -> str:

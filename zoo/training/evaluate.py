@@ -227,12 +227,18 @@ def evaluate_model(name_or_entry, params, model_state=None, *,
   of this process). With `top_mistakes`, the result also holds "confusion"
   and "mistakes" (see `Evaluator.detailed`)."""
   from zoo import registry, weights
+  from zoo.training import host_memory
+  host_memory.keep_step_buffers()  # CPU only, before a backend starts
   entry = (registry.get(name_or_entry) if isinstance(name_or_entry, str)
            else name_or_entry)
   weights.check(entry, params, model_state)
   test = load_split(entry, split, data_dir)
   evaluator = Evaluator(entry, test.images, test.labels,
                         batch_size or entry.config["train"]["eval_batch_size"])
-  if top_mistakes is not None:
-    return evaluator.detailed(params, model_state, top_mistakes)
-  return evaluator(params, model_state)
+  host_memory.keep_step_buffers(evaluator.devices[0].platform)
+  try:
+    if top_mistakes is not None:
+      return evaluator.detailed(params, model_state, top_mistakes)
+    return evaluator(params, model_state)
+  finally:
+    host_memory.release()

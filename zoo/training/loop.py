@@ -19,6 +19,7 @@ from typing import Any
 import jax
 
 from zoo import registry
+from zoo.training import host_memory
 from zoo.training import run as run_lib
 from zoo.training.epoch import EpochSums, NonFiniteError, StepRunner, choose_loop
 from zoo.training.evaluate import Evaluator
@@ -78,10 +79,16 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
   mode = progress_mode(progress, sys.stderr.isatty())
   own_data = {"data": data, "test_data": test_data,
               "num_classes": num_classes, "class_names": class_names}
+  # On the CPU, glibc keeps XLA's step buffers mapped: set before JAX's
+  # backend starts where JAX can only use the CPU, else once the run's
+  # platform is known (host_memory.py).
+  host_memory.keep_step_buffers()
   run = run_lib.prepare(name_or_entry, overrides, data_dir=data_dir,
                         strategy=strategy, devices=devices, own_data=own_data)
+  host_memory.keep_step_buffers(run.strat.devices[0].platform)
   tcfg = run.config["train"]
   with contextlib.ExitStack() as stack:
+    stack.callback(host_memory.release)
     run_dir = (stack.enter_context(Workdir(workdir, jax.process_index()))
                if workdir is not None else None)
     ckpts = stack.enter_context(run_lib.RunCheckpoints(run_dir, run))
@@ -101,7 +108,8 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
     if preempt.requested and step:  # SIGTERM while a resumed run loaded
       raise Preempted.saved(step, ckpts.last, preempt.signum)
     trained = EpochSums()  # seconds and images of this invocation
-    evaluate = lambda state: evaluator(eval_params(state), state.model_state)
+    evaluate = host_memory.between_releases(
+        lambda state: evaluator(eval_params(state), state.model_state))
     while step < run.total_steps:
       epoch, step, sums = _run_epoch(run, runner, ckpts, writer, preempt,
                                      history, meta, step, evaluate, t_start)
@@ -200,6 +208,7 @@ def _result(run, state, final: dict[str, Any], trained: EpochSums,
       "loop": runner.loop,
       "device_kind": strat.devices[0].device_kind,
       "platform": strat.devices[0].platform,
+      "host_malloc": host_memory.state(),
       # Of the parameters evaluated and returned (the average, with EMA).
       "params_sha256": params_sha256(eval_params(state)),
       "skipped_updates": int(state.skipped),
