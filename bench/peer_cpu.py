@@ -14,6 +14,7 @@ took more than --busy of the CPU is marked busy and left out of the medians
     python bench/peer_cpu.py --models cnn_fashion_mnist --rounds 5 --epochs 2
     python bench/peer_cpu.py --zoo-xla-flags=--xla_cpu_use_onednn=true  # try a flag
     python bench/peer_cpu.py --tuned-pytorch   # also PyTorch with zoo's malloc settings
+    python bench/peer_cpu.py --zoo-cache cold  # zoo's first run: nothing compiled yet
 
 Prints, per run, train images/s (the training loop only), the process wall
 time, the seconds from process start to the first epoch reaching the
@@ -26,6 +27,13 @@ glibc malloc settings, set inside its own process). PyTorch runs as its
 users run it, with glibc's defaults; `--tuned-pytorch` adds a third side,
 PyTorch started with the same settings (GLIBC_TUNABLES), so the table shows
 what they are worth to either framework.
+
+zoo keeps compiled steps in JAX's persistent compilation cache
+(zoo/training/compile_cache.py), so its first run of a model compiles and
+later runs load. `--zoo-cache warm` (the default) measures the later runs: a
+fresh cache folder for this benchmark, filled by one untimed zoo run per
+model before the rounds. `--zoo-cache cold` gives every zoo run an empty
+folder, as on a first run.
 """
 from __future__ import annotations
 
@@ -33,6 +41,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -54,6 +63,10 @@ def _zoo_child(name: str, spec: dict) -> None:
   t_start = time.time()
   import jax  # pylint: disable=g-import-not-at-top
   import zoo  # pylint: disable=g-import-not-at-top
+  hits = []  # executables JAX loaded from the compilation cache
+  jax.monitoring.register_event_listener(
+      lambda event, **_: hits.append(1)
+      if event == "/jax/compilation_cache/cache_hits" else None)
   t_train = time.time()
   out = zoo.train(name, progress=False, epochs=spec["epochs"],
                   **{"data.train_split": spec["train_split"],
@@ -62,6 +75,7 @@ def _zoo_child(name: str, spec: dict) -> None:
   print(json.dumps({
       "side": "zoo", "version": zoo.__version__, "jax": jax.__version__,
       "host_malloc": out.result["host_malloc"],
+      "cache_hits": len(hits),
       "t_start": t_start, "t_train": t_train,
       "history": [{"epoch": r["epoch"], "test_accuracy": r["test_accuracy"],
                    "images_per_second": r["images_per_second"],
@@ -128,7 +142,7 @@ def run_child(cmd: list[str], env: dict, target: float) -> dict:
           "minor_faults": out["minor_faults"],
           "versions": {k: out[k] for k in ("version", "jax", "threads",
                                            "onednn", "host_malloc",
-                                           "glibc_tunables")
+                                           "cache_hits", "glibc_tunables")
                        if k in out}}
 
 
@@ -229,6 +243,9 @@ def main(argv=None) -> list[dict]:
                  help="XLA_FLAGS for the zoo side (default: as inherited)")
   p.add_argument("--train-split", default="train")
   p.add_argument("--test-split", default="test")
+  p.add_argument("--zoo-cache", choices=("warm", "cold"), default="warm",
+                 help="zoo's compilation cache: filled before the rounds "
+                      "(a later run), or empty for every run (a first run)")
   p.add_argument("--tuned-pytorch", action="store_true",
                  help="also run PyTorch with zoo's glibc malloc settings")
   p.add_argument("--busy", type=float, default=0.10,
@@ -249,9 +266,13 @@ def main(argv=None) -> list[dict]:
   rows = []
   print(f"cores {os.cpu_count()}, rounds {args.rounds}, epochs "
         f"{args.epochs}, PyTorch threads {args.threads}, zoo XLA_FLAGS "
-        f"{zoo_env.get('XLA_FLAGS', '')!r}")
+        f"{zoo_env.get('XLA_FLAGS', '')!r}, zoo compilation cache "
+        f"{args.zoo_cache}")
   with tempfile.TemporaryDirectory() as tmp:
     write_arrays(Path(tmp), args.train_split, args.test_split)
+    # The zoo side's own JAX cache folder (zoo keeps one set by JAX).
+    zoo_env = {**zoo_env, "ZOO_COMPILATION_CACHE": "auto",
+               "JAX_COMPILATION_CACHE_DIR": str(Path(tmp) / "jax-cache")}
     commands = {}
     for name in args.models:
       torch_cmd = [args.torch_python, str(BENCH / "peer_torch.py"), tmp,
@@ -264,8 +285,15 @@ def main(argv=None) -> list[dict]:
       if args.tuned_pytorch:
         commands[name]["pytorch_tuned"] = (torch_cmd, {
             **env, "GLIBC_TUNABLES": host_memory.GLIBC_TUNABLES})
+    if args.zoo_cache == "warm":
+      for name in args.models:
+        run_child(*commands[name]["zoo"], TARGETS.get(name, 0.0))
+        print(f"warm-up  {name:<20} zoo           (untimed: fills the "
+              "compilation cache)", flush=True)
     for rnd in range(args.rounds):
       for name in args.models:
+        if args.zoo_cache == "cold":
+          shutil.rmtree(Path(tmp) / "jax-cache", ignore_errors=True)
         rows.append(_round(rnd, name, commands[name], args.busy))
   print("\nzoo/PyTorch over idle rounds (median; > 1 means zoo is faster):")
   summary = {}

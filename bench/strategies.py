@@ -38,6 +38,10 @@ import sys
 import types
 from pathlib import Path
 
+# Compilation is timed here: no persistent compilation cache (the child
+# processes inherit this).
+os.environ.setdefault("ZOO_COMPILATION_CACHE", "off")
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_speed  # noqa: E402  (bench/train_speed.py, beside this file)
 

@@ -36,6 +36,10 @@ import sys
 import time
 from pathlib import Path
 
+# Compilation is timed here (the compile column, the time-to-accuracy runs):
+# no persistent compilation cache (zoo/training/compile_cache.py).
+os.environ.setdefault("ZOO_COMPILATION_CACHE", "off")
+
 import haiku as hk
 import jax
 import jmp

@@ -6,6 +6,9 @@ flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
   os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Each test compiles for itself: no persistent compilation cache shared
+# between tests (zoo_tests/test_compile_cache.py turns it on where tested).
+os.environ.setdefault("ZOO_COMPILATION_CACHE", "off")
 # gs:// goes through fsspec/gcsfs (to the local stand-in), never TensorFlow's
 # gfile: etils.epath caches that choice on first use, so it is set here.
 os.environ["EPATH_USE_TF"] = "false"

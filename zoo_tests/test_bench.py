@@ -240,6 +240,9 @@ def test_peer_cpu_trains_every_side_in_rotating_rounds(tmp_path, capsys):
       assert len(run["accuracy"]) == 1 and 0.3 < run["accuracy"][0] <= 1
     # zoo ran with its malloc settings (this is glibc, JAX only has the CPU).
     assert r["zoo"]["versions"]["host_malloc"] == "kept"
+    # Warm: the untimed run before the rounds compiled the initialisation
+    # and the training step (quicker compilations are not cached).
+    assert r["zoo"]["versions"]["cache_hits"] >= 2
     assert r["pytorch"]["versions"]["glibc_tunables"] == ""
     assert "arena_max=1" in r["pytorch_tuned"]["versions"]["glibc_tunables"]
     for peer in ("pytorch", "pytorch_tuned"):
@@ -258,6 +261,16 @@ def test_peer_cpu_trains_every_side_in_rotating_rounds(tmp_path, capsys):
   printed = capsys.readouterr().out
   assert "zoo/PyTorch over idle rounds" in printed and "load" in printed
   assert "vs pytorch_tuned" in printed and "MiB" in printed
+
+
+def test_peer_cpu_cold_cache_compiles_in_every_zoo_run(capsys):
+  bench = _load("peer_cpu")
+  rows = bench.main(["--torch-python", _torch_python(), "--rounds", "2",
+                     "--models", "mlp_fashion_mnist", "--zoo-cache", "cold",
+                     "--train-split", "train[:1024]",
+                     "--test-split", "test[:300]"])
+  assert [r["zoo"]["versions"]["cache_hits"] for r in rows] == [0, 0]
+  assert "compilation cache cold" in capsys.readouterr().out
 
 
 def _peer_cpu_error(bench, python, capsys) -> str:

@@ -227,7 +227,8 @@ def evaluate_model(name_or_entry, params, model_state=None, *,
   of this process). With `top_mistakes`, the result also holds "confusion"
   and "mistakes" (see `Evaluator.detailed`)."""
   from zoo import registry, weights
-  from zoo.training import host_memory
+  from zoo.training import compile_cache, host_memory
+  compile_cache.enable()  # before the first compilation
   host_memory.keep_step_buffers()  # CPU only, before a backend starts
   entry = (registry.get(name_or_entry) if isinstance(name_or_entry, str)
            else name_or_entry)

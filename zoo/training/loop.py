@@ -19,7 +19,7 @@ from typing import Any
 import jax
 
 from zoo import registry
-from zoo.training import host_memory
+from zoo.training import compile_cache, host_memory
 from zoo.training import run as run_lib
 from zoo.training.epoch import EpochSums, NonFiniteError, StepRunner, choose_loop
 from zoo.training.evaluate import Evaluator
@@ -79,9 +79,11 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
   mode = progress_mode(progress, sys.stderr.isatty())
   own_data = {"data": data, "test_data": test_data,
               "num_classes": num_classes, "class_names": class_names}
-  # On the CPU, glibc keeps XLA's step buffers mapped: set before JAX's
-  # backend starts where JAX can only use the CPU, else once the run's
-  # platform is known (host_memory.py).
+  # Before the process's first compilation and backend: JAX's persistent
+  # compilation cache (compile_cache.py) and, on the CPU, glibc keeping
+  # XLA's step buffers mapped (host_memory.py; else once the run's platform
+  # is known).
+  cache_dir = compile_cache.enable()
   host_memory.keep_step_buffers()
   run = run_lib.prepare(name_or_entry, overrides, data_dir=data_dir,
                         strategy=strategy, devices=devices, own_data=own_data)
@@ -125,7 +127,8 @@ def train(name_or_entry, *, workdir: str | os.PathLike | None = None,
       if preempt.requested and step < run.total_steps:
         raise Preempted.saved(step, ckpts.last, preempt.signum)
     state = runner.host_state()
-    result = _result(run, state, evaluate(state), trained, runner, t_start)
+    result = _result(run, state, evaluate(state), trained, runner, t_start,
+                     cache_dir)
     writer.result(result, history, ckpts.last, trained=bool(trained.images))
   return TrainResult(params=eval_params(state), model_state=state.model_state,
                      history=history, result=result, entry=run.entry)
@@ -185,7 +188,8 @@ def _eval_row(run, step: int, ev: dict[str, Any],
 
 
 def _result(run, state, final: dict[str, Any], trained: EpochSums,
-            runner: StepRunner, t_start: float) -> dict[str, Any]:
+            runner: StepRunner, t_start: float,
+            cache_dir: str | None) -> dict[str, Any]:
   """result.json: the final evaluation, timings, layout and fingerprint."""
   strat = run.strat
   return {
@@ -209,6 +213,7 @@ def _result(run, state, final: dict[str, Any], trained: EpochSums,
       "device_kind": strat.devices[0].device_kind,
       "platform": strat.devices[0].platform,
       "host_malloc": host_memory.state(),
+      "compilation_cache": cache_dir,
       # Of the parameters evaluated and returned (the average, with EMA).
       "params_sha256": params_sha256(eval_params(state)),
       "skipped_updates": int(state.skipped),
