@@ -5,9 +5,13 @@ architecture, ReLU, zoo's max pooling) with the same parameters and the same
 jitted Adam step on real Fashion-MNIST batches, in a Python loop; only how
 the convolutions are written differs:
 
-- `lax NHWC` (the reference, what hk.Conv2D and zoo run): one
+- `lax NHWC` (the reference, what hk.Conv2D runs): one
   `lax.conv_general_dilated` per layer, images as (batch, height, width,
   channels);
+- `zoo.conv` (what zoo runs): `zoo.conv.conv2d_same`, on the CPU the
+  forward pass of the second convolution and both kernel gradients as
+  matrix products of the input's patches (im2col), the input gradient and
+  the first forward pass XLA's;
 - `lax NCHW`: the same convolutions with channels first (the layout PyTorch
   uses), transposed back before the dense layer;
 - `conv_0 shifted`: the first convolution (one input channel) as nine shifted
@@ -38,7 +42,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from zoo import data
+from zoo import conv, data
 from zoo.pooling import max_pool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -92,6 +96,7 @@ shifted.defvjp(_shifted_fwd, _shifted_bwd)
 
 # variant -> (conv of layer 0, conv of layer 1, channels first?)
 VARIANTS = {"lax NHWC": (lax_nhwc, lax_nhwc, False),
+            "zoo.conv": (conv.conv2d_same, conv.conv2d_same, False),
             "lax NCHW": (lax_nchw, lax_nchw, True),
             "conv_0 shifted": (shifted, lax_nhwc, False),
             "im2col": (im2col, im2col, False)}

@@ -10,7 +10,7 @@ ZOO = Path(__file__).resolve().parents[1] / "zoo"
 LAYERS = [
     ("zoo.errors",),
     ("zoo.fingerprint", "zoo.config", "zoo.activations", "zoo.initializers",
-     "zoo.pooling", "zoo.losses", "zoo.data", "zoo.tfimport"),
+     "zoo.pooling", "zoo.conv", "zoo.losses", "zoo.data", "zoo.tfimport"),
     ("zoo.models", "zoo.weights"),
     ("zoo.registry",),
     ("zoo.cards",),

@@ -6,6 +6,7 @@ dropout), and the loop choice follows the backend."""
 import json
 
 import chex
+import jax
 import numpy as np
 import pytest
 
@@ -122,9 +123,17 @@ def test_mesh_trains_batchnorm_and_dropout_to_one_devices_numbers():
   one = train("cnn_bn_fashion_mnist", devices=1, **kwargs)
   mesh = train("cnn_bn_fashion_mnist", devices=4, **kwargs)  # auto
   assert mesh.result["strategy"] == "mesh"
-  chex.assert_trees_all_close(mesh.params, one.params, rtol=1e-4, atol=1e-5)
+  # Float32 rounding of sums split over 4 devices, after 10 steps: up to
+  # 2.4e-5 on an AMD EPYC (AVX2), less on the Intel VMs this was first run
+  # on; pmap's per-device statistics are 1e-2 away (below).
+  chex.assert_trees_all_close(mesh.params, one.params, rtol=1e-4, atol=5e-5)
   chex.assert_trees_all_close(mesh.model_state, one.model_state, rtol=1e-4,
-                              atol=1e-5)
+                              atol=5e-5)
+  pmap = train("cnn_bn_fashion_mnist", devices=4, strategy="pmap", **kwargs)
+  far = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+            for a, b in zip(jax.tree.leaves(pmap.params),
+                            jax.tree.leaves(one.params)))
+  assert far > 1e-3, far
 
 
 def test_loop_choice_follows_backend():

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import haiku as hk
 import jax
 
-from zoo import initializers
+from zoo import conv, initializers
 from zoo.models.base import architecture, check_args
 from zoo.pooling import max_pool
 
@@ -59,8 +59,8 @@ class SmallCNN(hk.Module):
     """
     del is_training  # nothing before the dense layer's output differs
     for i, c in enumerate(self.channels):
-      x = hk.Conv2D(c, kernel_shape=3, padding="SAME", w_init=self.w_init,
-                    name=f"conv_{i}")(x)
+      x = conv.Conv2D(c, kernel_shape=3, w_init=self.w_init,
+                      name=f"conv_{i}")(x)
       x = self.activation(x)
       x = max_pool(x, window_shape=(1, 2, 2, 1), strides=(1, 2, 2, 1),
                    padding="VALID")

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import haiku as hk
 import jax
 
-from zoo import initializers
+from zoo import conv, initializers
 from zoo import pooling
 from zoo.models.base import architecture, check_args
 
@@ -102,8 +102,8 @@ class BatchNormCNN(hk.Module):
     norm = functools.partial(batch_norm, decay=self.bn_decay,
                              eps=self.bn_eps)
     for i, c in enumerate(self.channels):
-      x = hk.Conv2D(c, kernel_shape=3, padding="SAME", with_bias=False,
-                    w_init=self.w_init, name=f"conv_{i}")(x)
+      x = conv.Conv2D(c, kernel_shape=3, with_bias=False,
+                      w_init=self.w_init, name=f"conv_{i}")(x)
       x = self.activation(norm(x, is_training, f"bn_{i}"))
       x = self.pool(x, window_shape=(1, 2, 2, 1), strides=(1, 2, 2, 1),
                     padding="VALID")

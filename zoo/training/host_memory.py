@@ -5,7 +5,7 @@ XLA's CPU runtime allocates each execution's scratch space (the small CNN's
 activations and gradients: one 42 MB block per step at batch 128) with
 malloc and frees it when the step ends. glibc serves a block that large with
 a fresh mmap and unmaps it on free, so every step faults in about 10,000 new
-pages: on a 2-core VM that was a quarter of the CNN's step
+pages: on a 2-core VM that was a third of the CNN's step
 (`python bench/host_memory.py`). Four `mallopt` settings make glibc keep the
 block and hand it out again, as tcmalloc does by design:
 
