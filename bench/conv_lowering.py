@@ -23,6 +23,8 @@ the convolutions are written differs:
     python bench/conv_lowering.py                     # batch 128
     python bench/conv_lowering.py --batch-sizes 128 512
 
+On the CPU, zoo's malloc settings (zoo/training/host_memory.py) are set for
+the whole process, as zoo.train sets them, unless ZOO_HOST_MALLOC=system.
 Prints images/s per variant, the ratio to `lax NHWC` measured in the same
 run, and how far each variant's gradients on a real batch are from the
 reference (0 means bit-identical; anything else changes trained weights, so
@@ -180,6 +182,8 @@ def main(argv=None) -> dict:
   args = p.parse_args(argv)
   if "lax NHWC" not in args.variants:
     args.variants.insert(0, "lax NHWC")
+  from zoo.training import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.keep_step_buffers()  # as zoo.train runs (ZOO_HOST_MALLOC)
   split = data.load("fashion_mnist", "train")
   images = np.asarray(data.to_float(split.images))
   labels = split.labels

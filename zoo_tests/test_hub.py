@@ -54,13 +54,15 @@ def test_export_writes_the_shipped_folder(folder):
       pretrained.sha256(folder / "model.safetensors")
 
 
-def test_folder_loads_by_path_and_with_weights(folder, shipped, capsys):
+def test_folder_loads_by_path_and_with_weights(folder, shipped, capsys,
+                                               tmp_path):
   entry = zoo.get(MODEL, pretrained=str(folder))
   chex.assert_trees_all_equal(entry.params, shipped.params)
   assert entry.weights_card == shipped.weights_card
   assert entry.weights_card["evaluation"]["test_accuracy"] == \
       shipped.baseline["pretrained"]["test_accuracy"]
-  assert cli.main(["eval", MODEL, "--weights", str(folder)]) == 0
+  assert cli.main(["eval", MODEL, "--weights", str(folder),
+                   "--out", str(tmp_path / "eval")]) == 0
 
   assert "accuracy" in capsys.readouterr().out
 
