@@ -58,9 +58,7 @@ def _shifts(x):
   return [xp[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)]
 
 
-def lax_nhwc(x, w):
-  return lax.conv_general_dilated(x, w, (1, 1), "SAME",
-                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+lax_nhwc = conv.lax_conv2d_same  # what hk.Conv2D runs
 
 
 def lax_nchw(x, w):  # x is (N, C, H, W) here
@@ -70,8 +68,7 @@ def lax_nchw(x, w):  # x is (N, C, H, W) here
 
 def im2col(x, w):
   n, h, wd, c = x.shape
-  patches = jnp.concatenate(_shifts(x), -1).reshape(n * h * wd, 9 * c)
-  return (patches @ w.reshape(9 * c, -1)).reshape(n, h, wd, -1)
+  return (conv.patches(x, 3, 3) @ w.reshape(9 * c, -1)).reshape(n, h, wd, -1)
 
 
 @jax.custom_vjp
@@ -89,8 +86,7 @@ def _shifted_fwd(x, w):
 
 def _shifted_bwd(res, g):
   x, w = res
-  patches = jnp.concatenate(_shifts(x), -1).reshape(-1, 9 * w.shape[2])
-  dw = (patches.T @ g.reshape(-1, w.shape[3])).reshape(w.shape)
+  dw = (conv.patches(x, 3, 3).T @ g.reshape(-1, w.shape[3])).reshape(w.shape)
   return jax.vjp(lambda v: lax_nhwc(v, w), x)[1](g)[0], dw
 
 
